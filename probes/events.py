@@ -1,0 +1,191 @@
+"""The engine's event vocabulary: immutable records of everything that happens during a run.
+
+Every consumer (TUI, recorder, reports, headless printer) sees only these. `t` is seconds since the
+session started on the monotonic clock; the recorder adds wall-clock time. Events carry already-redacted
+values: no full token or secret ever lives in an event.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+Status = Literal["pass", "fail", "error", "skip"]
+Direction = Literal["in", "out"]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Base of all events. `t`: seconds since session start (monotonic)."""
+
+    t: float
+    kind: ClassVar[str] = "event"
+
+
+@dataclass(frozen=True, slots=True)
+class RunStarted(Event):
+    target: str
+    base_url: str
+    probes: tuple[tuple[str, str, int], ...]  # (id, name, priority) in queue order
+    wall: float  # epoch seconds at t == 0
+    kind: ClassVar[str] = "run_started"
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeStarted(Event):
+    probe_id: str
+    name: str
+    priority: int
+    stages: tuple[str, ...]
+    kind: ClassVar[str] = "probe_started"
+
+
+@dataclass(frozen=True, slots=True)
+class StageStarted(Event):
+    probe_id: str
+    stage: str
+    step: str
+    kind: ClassVar[str] = "stage_started"
+
+
+@dataclass(frozen=True, slots=True)
+class StageFinished(Event):
+    probe_id: str
+    stage: str
+    status: Status
+    duration_ms: float
+    detail: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+    kind: ClassVar[str] = "stage_finished"
+
+
+@dataclass(frozen=True, slots=True)
+class HttpExchange(Event):
+    probe_id: str
+    stage: str
+    method: str
+    url: str
+    status: int | None
+    headers: dict[str, str]
+    body_excerpt: str
+    elapsed_ms: float
+    error: str = ""
+    kind: ClassVar[str] = "http"
+
+
+@dataclass(frozen=True, slots=True)
+class WsOpened(Event):
+    probe_id: str
+    url: str
+    subprotocol_offered: str | None
+    subprotocol_echoed: str | None
+    request_headers: dict[str, str]
+    response_headers: dict[str, str]
+    kind: ClassVar[str] = "ws_opened"
+
+
+@dataclass(frozen=True, slots=True)
+class Frame(Event):
+    """One WebSocket message. `ms`: milliseconds since the connection was accepted."""
+
+    probe_id: str
+    direction: Direction
+    ms: float
+    size: int
+    data: str | bytes  # text frames as str, binary as bytes; capped at FRAME_KEEP bytes
+    truncated: bool = False
+    kind: ClassVar[str] = "frame"
+
+
+@dataclass(frozen=True, slots=True)
+class Closed(Event):
+    """How a WebSocket connection ended. `by`: who sent the first close frame."""
+
+    probe_id: str
+    code: int
+    name: str
+    reason: str
+    by: Literal["server", "client", "none"]
+    after_ms: float  # since the connection was accepted
+    on_wire: bool  # False for 1005/1006/1015: synthesised locally, never sent by the peer
+    kind: ClassVar[str] = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnosed(Event):
+    probe_id: str
+    diagnoses: tuple[dict[str, Any], ...]  # {code, summary, evidence, next_step}
+    kind: ClassVar[str] = "diagnosed"
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeFinished(Event):
+    probe_id: str
+    status: Status
+    duration_ms: float
+    failed_stage: str | None
+    frames_in: int
+    frames_out: int
+    kind: ClassVar[str] = "probe_finished"
+
+
+@dataclass(frozen=True, slots=True)
+class RunFinished(Event):
+    verdict: Literal["pass", "fail", "interrupted"]
+    duration_ms: float
+    kind: ClassVar[str] = "run_finished"
+
+
+@dataclass(frozen=True, slots=True)
+class Notice(Event):
+    """Something a person should know that is not a stage result (e.g. recording stopped: disk full)."""
+
+    level: Literal["info", "warning", "error"]
+    message: str
+    kind: ClassVar[str] = "notice"
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.kind: cls
+    for cls in (
+        RunStarted, ProbeStarted, StageStarted, StageFinished, HttpExchange, WsOpened, Frame,
+        Closed, Diagnosed, ProbeFinished, RunFinished, Notice,
+    )
+}
+
+_TUPLE_FIELDS = {"probes", "stages", "diagnoses"}
+
+
+def to_record(event: Event) -> dict[str, Any]:
+    """A JSON-ready dict of an event (binary frame data as {"b64": ...})."""
+    out: dict[str, Any] = {"type": event.kind}
+    for f in dataclasses.fields(event):
+        value = getattr(event, f.name)
+        if isinstance(value, bytes):
+            value = {"b64": base64.b64encode(value).decode("ascii")}
+        out[f.name] = value
+    return out
+
+
+def from_record(record: dict[str, Any]) -> Event:
+    """Rebuild an event from `to_record` output; raises ValueError on an unknown or malformed record."""
+    kind = record.get("type")
+    cls = EVENT_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ValueError(f"unknown event type {kind!r}")
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in record:
+            continue
+        value = record[f.name]
+        if isinstance(value, dict) and set(value) == {"b64"}:
+            value = base64.b64decode(value["b64"])
+        elif f.name in _TUPLE_FIELDS and isinstance(value, list):
+            value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+        kwargs[f.name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ValueError(f"malformed {kind} event: {exc}") from None

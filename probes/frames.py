@@ -1,0 +1,112 @@
+"""Reading WebSocket messages: classify (JSON / text / binary), find the protocol type, summarise in one line.
+
+Never raises, whatever a server sends: invalid JSON, binary, huge or deeply nested payloads all classify.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+SUMMARY_CHARS = 120
+_PARSE_LIMIT = 256 * 1024  # larger text frames are not parsed for display
+
+
+@dataclass(frozen=True, slots=True)
+class FrameInfo:
+    kind: str  # "json", "text", "binary"
+    type: str | None  # the protocol type field of a JSON object, if any
+    summary: str
+    value: Any = None  # the parsed JSON (only for kind == "json")
+
+
+def parse_json(data: str | bytes) -> Any:
+    """The parsed JSON value, or None for anything that is not JSON text (never raises)."""
+    if not isinstance(data, str) or not data or data[0] not in "{[":
+        return None
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+
+
+def get_path(value: Any, dotted: str) -> Any:
+    """value['a']['b'] for 'a.b'; None where any part is missing."""
+    for part in dotted.split("."):
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return None
+    return value
+
+
+def frame_type(value: Any, type_field: str = "type") -> str | None:
+    if isinstance(value, dict):
+        t = value.get(type_field)
+        if isinstance(t, str):
+            return t
+    return None
+
+
+def _one_line(text: str, limit: int = SUMMARY_CHARS) -> str:
+    flat = " ".join(text.split())
+    flat = "".join(ch if ch.isprintable() else "\ufffd" for ch in flat)
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def _brief(value: Any, depth: int = 0) -> str:
+    """A compact rendering of a JSON value that stays short for huge or deep values."""
+    if depth > 2:
+        return "…"
+    if isinstance(value, dict):
+        parts = []
+        for i, (k, v) in enumerate(value.items()):
+            if i >= 4:
+                parts.append("…")
+                break
+            parts.append(f"{k}={_brief(v, depth + 1)}")
+        return "{" + ", ".join(parts) + "}"
+    if isinstance(value, list):
+        return f"[{len(value)} items]"
+    if isinstance(value, str):
+        return repr(value[:40] + ("…" if len(value) > 40 else ""))
+    return repr(value)
+
+
+def classify(data: str | bytes, type_field: str = "type") -> FrameInfo:
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        raw = bytes(data)
+        head = raw[:16].hex(" ")
+        return FrameInfo("binary", None, f"binary {len(raw)} B: {head}{' …' if len(raw) > 16 else ''}")
+    if len(data) <= _PARSE_LIMIT:
+        value = parse_json(data)
+        if value is not None or data.strip() == "null":
+            t = frame_type(value, type_field)
+            if isinstance(value, dict):
+                rest = {k: v for k, v in value.items() if k != type_field}
+                body = _brief(rest) if rest else ""
+                summary = f"{t} {body}" if t else body
+            else:
+                summary = _brief(value)
+            return FrameInfo("json", t, _one_line(summary), value)
+    return FrameInfo("text", None, _one_line(data))
+
+
+def pretty(data: str | bytes, limit: int = 64 * 1024) -> str:
+    """Indented JSON, or the text as is, or a hex dump for binary; capped at `limit` characters."""
+    if isinstance(data, (bytes, bytearray)):
+        raw = bytes(data[: limit // 3])
+        lines = [f"{i:08x}  {raw[i:i + 16].hex(' ')}" for i in range(0, len(raw), 16)]
+        return "\n".join(lines) + (f"\n… {len(data) - len(raw)} more bytes" if len(data) > len(raw) else "")
+    value = parse_json(data) if len(data) <= _PARSE_LIMIT else None
+    if value is not None:
+        try:
+            text = json.dumps(value, indent=2, ensure_ascii=False)
+        except (ValueError, RecursionError):
+            text = data
+    else:
+        text = data
+    return text if len(text) <= limit else text[:limit] + f"\n… {len(text) - limit} more characters"

@@ -1,0 +1,680 @@
+"""Running one probe: its steps in order over real HTTP and WebSocket connections, timing each stage and
+publishing every exchange, frame and close as events. A stage that fails stops the probe; the rest skip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import socket
+import ssl
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import httpx
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import (ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI,
+                                   NegotiationError)
+
+from . import auth as authmod
+from .bus import EventBus
+from .closecodes import describe
+from .config import ProbeDef, ResolvedTarget, Step
+from .events import (Closed, Frame, HttpExchange, ProbeFinished, ProbeStarted, StageFinished, StageStarted,
+                     Status, WsOpened)
+from .evidence import Evidence
+from .frames import frame_type, get_path, parse_json
+from .redact import Redactor
+
+FRAME_KEEP = 64 * 1024  # bytes of each frame kept in events (the size is always exact)
+BODY_KEEP = 2048  # bytes of a failed upgrade's body kept as evidence
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+class StageFailed(Exception):
+    def __init__(self, detail: str, status: Status = "fail", **evidence: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.status = status
+        self.evidence = evidence
+
+
+class HostNotAllowed(Exception):
+    """A probe tried to reach a host outside the selected target."""
+
+
+@dataclass
+class RunContext:
+    """What all probes of one run share."""
+
+    target: ResolvedTarget
+    base_url: str  # the real http(s) base URL (the sandbox's address when embedded)
+    bus: EventBus
+    clock: Callable[[], float]
+    redactor: Redactor
+    env: Mapping[str, str]
+    expected_version: str | None = None
+    sandbox_secret: str | None = None
+    http: httpx.AsyncClient | None = None
+    token: authmod.TokenInfo | None = None
+    allowed_hosts: frozenset[str] = frozenset()
+
+    @property
+    def ws_url(self) -> str:
+        if self.target.ws_url:
+            return self.target.ws_url
+        parts = urlsplit(self.base_url)
+        scheme = "wss" if parts.scheme == "https" else "ws"
+        path = parts.path.rstrip("/") + self.target.protocol.ws_path
+        return urlunsplit((scheme, parts.netloc, path, "", ""))
+
+    def check_host(self, url: str) -> None:
+        host = (urlsplit(url).hostname or "").lower()
+        if host not in self.allowed_hosts:
+            raise HostNotAllowed(f"{host or url!r} is not a host of target {self.target.name!r}")
+
+    @property
+    def loopback_port(self) -> int | None:
+        parts = urlsplit(self.base_url)
+        return parts.port if parts.hostname in LOOPBACK else None
+
+
+@dataclass
+class _Conn:
+    ws: ClientConnection
+    opened_at: float  # monotonic, when the 101 arrived
+    url: str
+    closed: Closed | None = None
+    inbox: list[tuple[str, Any, Frame]] = field(default_factory=list)  # frames read but not consumed
+
+
+class ProbeRun:
+    def __init__(self, probe: ProbeDef, ctx: RunContext) -> None:
+        self.probe = probe
+        self.ctx = ctx
+        self.p = ctx.target.protocol
+        self.evidence = Evidence(probe_id=probe.id)
+        self.conn: _Conn | None = None
+        self.token: authmod.TokenInfo | None = None
+        self.answers: list[tuple[str, Any, Frame]] = []  # response-type frames since the last send
+        self.frames_in = 0
+        self.frames_out = 0
+
+    # --- events -------------------------------------------------------------------------------------
+    def _emit(self, event: Any) -> None:
+        self.evidence.add(event)
+        self.ctx.bus.publish(event)
+
+    def _t(self) -> float:
+        return self.ctx.clock()
+
+    # --- the run ------------------------------------------------------------------------------------
+    async def run(self) -> ProbeFinished:
+        start = time.monotonic()
+        self._emit(ProbeStarted(self._t(), self.probe.id, self.probe.name or self.probe.id,
+                                self.probe.priority, tuple(s.name for s in self.probe.steps)))
+        failed: str | None = None
+        status: Status = "pass"
+        try:
+            for step in self.probe.steps:
+                if failed is not None:
+                    self._emit(StageStarted(self._t(), self.probe.id, step.name, step.step))
+                    self._emit(StageFinished(self._t(), self.probe.id, step.name, "skip", 0.0,
+                                             f"not run: {failed} failed"))
+                    continue
+                result = await self._stage(step)
+                if result in ("fail", "error"):
+                    failed, status = step.name, result
+        finally:
+            await self._close_quietly()
+        from .diagnosis import diagnose  # local import: diagnosis imports evidence, not this module
+
+        diagnoses = diagnose(self.evidence, expected_version=self.ctx.expected_version,
+                             protocol=self.p, timeouts=self.ctx.target.timeouts)
+        if diagnoses:
+            from .events import Diagnosed
+
+            self._emit(Diagnosed(self._t(), self.probe.id, tuple(d.as_dict() for d in diagnoses)))
+        finished = ProbeFinished(self._t(), self.probe.id, status, _ms(start), failed,
+                                 self.frames_in, self.frames_out)
+        self._emit(finished)
+        return finished
+
+    async def _stage(self, step: Step) -> Status:
+        self._emit(StageStarted(self._t(), self.probe.id, step.name, step.step))
+        start = time.monotonic()
+        handler = getattr(self, f"_step_{step.step}")
+        try:
+            detail, evidence = await handler(step)
+            status: Status = "pass"
+        except StageFailed as exc:
+            detail, evidence, status = exc.detail, exc.evidence, exc.status
+        except HostNotAllowed as exc:
+            detail, evidence, status = f"blocked: {exc}", {"blocked": True}, "error"
+        except asyncio.CancelledError:
+            self._emit(StageFinished(self._t(), self.probe.id, step.name, "error", _ms(start), "interrupted"))
+            raise
+        except Exception as exc:  # our own bug: report it as an error of this stage, keep the app alive
+            detail, evidence, status = f"internal error: {type(exc).__name__}: {exc}", {}, "error"
+        detail = self.ctx.redactor.text(detail)
+        self._emit(StageFinished(self._t(), self.probe.id, step.name, status, _ms(start), detail, evidence))
+        return status
+
+    # --- http -----------------------------------------------------------------------------------------
+    async def _get(self, url: str, stage: str) -> httpx.Response:
+        self.ctx.check_host(url)
+        assert self.ctx.http is not None
+        start = time.monotonic()
+        try:
+            resp = await self.ctx.http.get(url, headers=dict(self.p.headers),
+                                           timeout=self.ctx.target.timeouts.http)
+        except httpx.HTTPError as exc:
+            kind, text = _http_error(exc, self.ctx.target.timeouts.http)
+            self._emit(HttpExchange(self._t(), self.probe.id, stage, "GET", url, None, {}, "", _ms(start),
+                                    f"{kind}: {text}"))
+            raise StageFailed(f"GET {urlsplit(url).path or '/'}: {text}", error=kind, url=url) from None
+        body = resp.content[:BODY_KEEP].decode("utf-8", "replace")
+        self._emit(HttpExchange(self._t(), self.probe.id, stage, "GET", url, resp.status_code,
+                                self.ctx.redactor.headers(resp.headers.multi_items()),
+                                self.ctx.redactor.text(body), _ms(start)))
+        return resp
+
+    async def _step_http(self, step: Step) -> tuple[str, dict[str, Any]]:
+        paths = [step.path] if step.path else self.p.health_paths
+        details, versions = [], []
+        for path in paths:
+            url = self.ctx.base_url + path
+            resp = await self._get(url, step.name)
+            if not 200 <= resp.status_code < 300:
+                raise StageFailed(f"GET {path}: HTTP {resp.status_code} {resp.reason_phrase}",
+                                  http_status=resp.status_code, url=url)
+            value = parse_json(resp.text)
+            version = _version_of(value, self.p.version_field)
+            if version is not None:
+                versions.append(version)
+            details.append(f"GET {path} {resp.status_code}" + (f" · version {version}" if version else ""))
+            expected = self.ctx.expected_version or self.p.expected_version
+            if expected and version is not None and version != expected:
+                raise StageFailed(f"GET {path}: build {version} is deployed, expected {expected}",
+                                  http_status=resp.status_code, version=version, expected_version=expected)
+            if expected and version is None:
+                raise StageFailed(f"GET {path}: no '{self.p.version_field}' field to compare with {expected}",
+                                  http_status=resp.status_code, expected_version=expected)
+        return " · ".join(details), {"version": versions[0] if versions else None}
+
+    # --- auth -----------------------------------------------------------------------------------------
+    async def _get_token(self) -> authmod.TokenInfo:
+        a = self.ctx.target.auth
+        if a.mode == "none":
+            raise StageFailed("auth.mode is 'none': no token to send", "skip")
+        if a.mode == "env":
+            return authmod.token_from_env(a, self.ctx.env)
+        if a.mode == "endpoint":
+            assert a.endpoint is not None and self.ctx.http is not None
+            self.ctx.check_host(a.endpoint.url)
+            try:
+                resp = await self.ctx.http.request(a.endpoint.method, a.endpoint.url, json=a.endpoint.json_body,
+                                                   timeout=self.ctx.target.timeouts.http)
+            except httpx.HTTPError as exc:
+                raise StageFailed(f"auth endpoint: {_http_error(exc, self.ctx.target.timeouts.http)[1]}") from None
+            if resp.status_code >= 400:
+                raise StageFailed(f"auth endpoint answered HTTP {resp.status_code}", http_status=resp.status_code)
+            token = get_path(parse_json(resp.text), a.endpoint.token_field)
+            if not isinstance(token, str) or not token:
+                raise StageFailed(f"auth endpoint response has no '{a.endpoint.token_field}'")
+            return authmod.TokenInfo(token, "auth endpoint", authmod.decode_unverified(token))
+        return authmod.mint_token(a, self.ctx.env, loopback_port=self.ctx.loopback_port,
+                                  secret=self.ctx.sandbox_secret)
+
+    async def _step_auth(self, step: Step) -> tuple[str, dict[str, Any]]:
+        try:
+            token = await self._get_token()
+        except authmod.AuthError as exc:
+            raise StageFailed(str(exc), secret_missing=True) from None
+        self.token = self.ctx.token = token
+        self.ctx.redactor.add(token.token)
+        now = time.time()
+        parts = [f"{token.source}", f"token {token.redacted}"]
+        if token.subject:
+            parts.insert(1, f"sub {token.subject}")
+        ev: dict[str, Any] = {"sub": token.subject, "exp": token.expires_at, "iat": token.issued_at,
+                              "token": token.redacted, "source": token.source}
+        if token.expires_at is not None:
+            left = token.expires_at - now
+            if left <= 0:
+                raise StageFailed(f"token expired {int(-left)} s ago ({token.redacted})", token_expired=True, **ev)
+            parts.append(f"expires in {_duration(left)}")
+        return " · ".join(parts), ev
+
+    # --- websocket ------------------------------------------------------------------------------------
+    async def _step_connect(self, step: Step) -> tuple[str, dict[str, Any]]:
+        await self._close_quietly()
+        use_token = step.token == "default"
+        token: str | None = None
+        if use_token:
+            if self.token is None:
+                try:
+                    self.token = self.ctx.token or await self._get_token()
+                except authmod.AuthError as exc:
+                    raise StageFailed(str(exc), secret_missing=True) from None
+                self.ctx.redactor.add(self.token.token)
+            token = self.token.token
+        url = self.ctx.ws_url
+        headers = dict(self.p.headers)
+        subprotocols: list[str] = list(self.p.extra_subprotocols)
+        offered: str | None = None
+        if token:
+            if "header" in self.p.token_transport:
+                headers["Authorization"] = f"Bearer {token}"
+            if "subprotocol" in self.p.token_transport:
+                offered = authmod.subprotocol_for(token, self.p)
+                subprotocols.insert(0, offered)
+            if "query" in self.p.token_transport:
+                parts = urlsplit(url)
+                url = urlunsplit(parts._replace(query=urlencode({self.p.query_param: token})))
+        shown_url = self.ctx.redactor.text(url)
+        offered_shown = self.ctx.redactor.text(offered) if offered else None
+        ev: dict[str, Any] = {"url": shown_url, "subprotocol_offered": offered_shown,
+                              "token_sent": bool(token), "transport": list(self.p.token_transport) if token else []}
+        if offered and not authmod.is_legal_subprotocol(offered):
+            raise StageFailed("the subprotocol value is not a legal RFC 7230 token (padded base64 '=' or another "
+                              "illegal character): browsers throw SyntaxError and refuse to send it",
+                              subprotocol_illegal=True, **ev)
+        self.ctx.check_host(url)
+        start = time.monotonic()
+        kwargs: dict[str, Any] = {}
+        if url.startswith("wss:") and not self.ctx.target.verify_tls:
+            insecure = ssl.create_default_context()
+            insecure.check_hostname = False
+            insecure.verify_mode = ssl.CERT_NONE
+            kwargs["ssl"] = insecure
+        if urlsplit(url).hostname in LOOPBACK:
+            kwargs["proxy"] = None
+        try:
+            ws = await connect(url, subprotocols=subprotocols or None, additional_headers=headers,
+                               open_timeout=step.timeout or self.ctx.target.timeouts.connect,
+                               max_size=self.p.max_frame_bytes, max_queue=64, **kwargs)
+        except InvalidStatus as exc:
+            r = exc.response
+            body = bytes(r.body or b"")[:BODY_KEEP].decode("utf-8", "replace")
+            ev.update(http_status=r.status_code, response_headers=self.ctx.redactor.headers(r.headers.raw_items()),
+                      body=self.ctx.redactor.text(body), date=_header(r.headers, "Date"))
+            if step.expect == "refused" and r.status_code in (401, 403):
+                return f"refused with HTTP {r.status_code} {r.reason_phrase} (as required)", ev
+            raise StageFailed(f"HTTP {r.status_code} {r.reason_phrase} instead of 101 Switching Protocols", **ev) \
+                from None
+        except NegotiationError as exc:
+            raise StageFailed(f"handshake refused by the client: {exc}", negotiation=str(exc), **ev) from None
+        except InvalidURI as exc:
+            raise StageFailed(f"invalid WebSocket URL: {exc}", "error", **ev) from None
+        except InvalidHandshake as exc:
+            raise StageFailed(f"invalid handshake: {exc}", handshake_error=str(exc), **ev) from None
+        except TimeoutError:
+            limit = step.timeout or self.ctx.target.timeouts.connect
+            raise StageFailed(f"no 101 response within {limit:g} s", timeout=True, **ev) from None
+        except OSError as exc:
+            kind, text = _os_error(exc)
+            raise StageFailed(f"{text} ({urlsplit(url).netloc})", error=kind, **ev) from None
+        opened = time.monotonic()
+        resp_headers = ws.response.headers if ws.response is not None else None
+        echoed = ws.subprotocol
+        ev.update(http_status=101, subprotocol_echoed=self.ctx.redactor.text(echoed) if echoed else None,
+                  date=_header(resp_headers, "Date") if resp_headers else None,
+                  response_headers=self.ctx.redactor.headers(resp_headers.raw_items()) if resp_headers else {})
+        self._emit(WsOpened(self._t(), self.probe.id, shown_url, offered_shown, ev["subprotocol_echoed"],
+                            self.ctx.redactor.headers(ws.request.headers.raw_items()) if ws.request else {},
+                            ev["response_headers"]))
+        self.conn = _Conn(ws, opened, shown_url)
+        if step.expect == "refused":
+            return await self._await_refusal(step, ev)
+        detail = f"101 in {_ms(start):.0f} ms"
+        if offered and not echoed:
+            ev["subprotocol_not_echoed"] = True
+            if self.p.require_subprotocol_echo:
+                raise StageFailed("101 but the server did not echo the offered subprotocol: browsers refuse this "
+                                  "handshake (Python clients accept it)", **ev)
+            detail += " · subprotocol NOT echoed (browsers would refuse)"
+        elif offered:
+            detail += " · subprotocol echoed"
+        return detail, ev
+
+    async def _await_refusal(self, step: Step, ev: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        limit = step.timeout or self.ctx.target.timeouts.ready
+        try:
+            async with asyncio.timeout(limit):
+                while True:
+                    t, _value, _frame = await self._next()
+                    if t == self.p.ready_type:
+                        raise StageFailed(f"accepted a connection without a token and sent {t}",
+                                          unauthenticated_accept=True, **ev)
+        except TimeoutError:
+            raise StageFailed(f"accepted a connection without a token and kept it open {limit:g} s",
+                              unauthenticated_accept=True, **ev) from None
+        except _ConnClosed as closed:
+            c = closed.close
+            if c.code == 1008 or 4000 <= c.code <= 4999:
+                return f"refused after accept: close {c.code} {describe(c.code).name} '{c.reason}' (as required)", ev
+            raise StageFailed(f"closed {c.code} {describe(c.code).name} '{c.reason}' — expected 401/403 or close "
+                              "1008/4xxx for a connection without a token", **ev) from None
+
+    async def _next(self) -> tuple[str | None, Any, Frame]:
+        """The next frame (from the inbox first). Raises _ConnClosed when the connection ends."""
+        conn = self.conn
+        if conn is None:
+            raise StageFailed("no open connection (a connect stage must come first)", "error")
+        if conn.inbox:
+            return conn.inbox.pop(0)
+        if conn.closed is not None:
+            raise _ConnClosed(conn.closed)
+        try:
+            data = await conn.ws.recv()
+        except ConnectionClosed as exc:
+            raise _ConnClosed(self._record_close(exc)) from None
+        now = time.monotonic()
+        self.frames_in += 1
+        size = len(data)
+        truncated = size > FRAME_KEEP
+        kept = data[:FRAME_KEEP] if truncated else data
+        if isinstance(kept, str):
+            kept = self.ctx.redactor.text(kept)
+        frame = Frame(self._t(), self.probe.id, "in", (now - conn.opened_at) * 1000.0, size, kept, truncated)
+        self._emit(frame)
+        value = parse_json(data) if isinstance(data, str) else None
+        return frame_type(value, self.p.type_field), value, frame
+
+    def _record_close(self, exc: ConnectionClosed | None = None) -> Closed:
+        conn = self.conn
+        assert conn is not None
+        if conn.closed is not None:
+            return conn.closed
+        proto = conn.ws.protocol
+        rcvd, sent = proto.close_rcvd, proto.close_sent
+        if rcvd is not None:
+            code, reason = rcvd.code, rcvd.reason
+        else:
+            code, reason = 1006, ""
+        if proto.close_rcvd_then_sent is True or (rcvd is not None and sent is None):
+            by = "server"
+        elif proto.close_rcvd_then_sent is False or (sent is not None and rcvd is None):
+            by = "client"
+        else:
+            by = "none"
+        closed = Closed(self._t(), self.probe.id, code, describe(code).name, self.ctx.redactor.text(reason), by,
+                        (time.monotonic() - conn.opened_at) * 1000.0, describe(code).on_wire and rcvd is not None)
+        conn.closed = closed
+        self._emit(closed)
+        return closed
+
+    def _close_detail(self, closed: Closed, before: str) -> str:
+        who = {"server": "server closed", "client": "client closed", "none": "connection dropped"}[closed.by]
+        reason = f" '{closed.reason}'" if closed.reason else ""
+        wire = "" if closed.on_wire else " (not sent by the peer)"
+        return (f"{closed.code} {closed.name}{wire}{reason} — {who} {closed.after_ms:.0f} ms after accept, "
+                f"before {before}")
+
+    async def _step_expect(self, step: Step) -> tuple[str, dict[str, Any]]:
+        if step.require_text:
+            return await self._expect_response(step)
+        wanted = step.any_of or [step.type or self.p.ready_type]
+        strict = step.type is None and step.any_of is None  # the ready frame must come first
+        limit = step.timeout or self.ctx.target.timeouts.ready
+        start = time.monotonic()
+        skipped: list[str] = []
+        try:
+            async with asyncio.timeout(limit):
+                while True:
+                    t, value, frame = await self._next()
+                    if t in wanted:
+                        ev = {"frame_type": t, "ms_since_accept": round(frame.ms, 1)}
+                        return f"{t} after {frame.ms:.0f} ms", ev
+                    if t in self.p.error_types:
+                        raise StageFailed(f"error frame instead of {wanted[0]}: {_error_text(value)}",
+                                          error_frame=_error_text(value), frame_type=t)
+                    if strict:
+                        shown = t or ("binary" if isinstance(frame.data, bytes) else "non-JSON text")
+                        raise StageFailed(f"first frame was {shown}, expected {wanted[0]}", frame_type=shown,
+                                          wrong_type=True)
+                    skipped.append(t or "?")
+        except TimeoutError:
+            raise StageFailed(f"no {wanted[0]} within {limit:g} s", timeout=True,
+                              waited_ms=_ms(start), skipped=skipped[-10:]) from None
+        except _ConnClosed as closed:
+            raise StageFailed(self._close_detail(closed.close, wanted[0]), closed=True) from None
+
+    async def _step_send(self, step: Step) -> tuple[str, dict[str, Any]]:
+        conn = self.conn
+        if conn is None:
+            raise StageFailed("no open connection (a connect stage must come first)", "error")
+        if conn.closed is not None:
+            raise StageFailed(self._close_detail(conn.closed, "the message was sent"), closed=True)
+        text = step.text if step.text is not None else self.p.messages[step.message % len(self.p.messages)]
+        payload = json.dumps(_render(self.p.message_template, text))
+        try:
+            await conn.ws.send(payload)
+        except ConnectionClosed as exc:
+            raise StageFailed(self._close_detail(self._record_close(exc), "the message was sent"),
+                              closed=True) from None
+        self.frames_out += 1
+        now = time.monotonic()
+        self._emit(Frame(self._t(), self.probe.id, "out", (now - conn.opened_at) * 1000.0, len(payload),
+                         self.ctx.redactor.text(payload)))
+        self.answers = []
+        return f"sent {len(payload)} B: {text[:60]}", {"bytes": len(payload)}
+
+    async def _step_expect_events(self, step: Step) -> tuple[str, dict[str, Any]]:
+        required = list(self.p.agent_events)
+        final = self.p.final_event
+        limit = step.timeout or self.ctx.target.timeouts.agent
+        seen: list[tuple[str, float]] = []
+        other = 0
+        start = time.monotonic()
+
+        def progress() -> dict[str, Any]:
+            return {"events": [[t, round(ms, 1)] for t, ms in seen[:50]], "other_frames": other,
+                    "missing": [e for e in required if e not in {t for t, _ in seen}]}
+
+        try:
+            async with asyncio.timeout(limit):
+                while True:
+                    t, value, frame = await self._next()
+                    if t in self.p.response_types:
+                        self.answers.append((t, value, frame))
+                    if t in self.p.error_types:
+                        raise StageFailed(f"error frame during the agent run: {_error_text(value)}",
+                                          error_frame=_error_text(value), **progress())
+                    if t in required:
+                        seen.append((t, frame.ms))
+                        if t == final:
+                            break
+                    else:
+                        other += 1
+        except TimeoutError:
+            got = ", ".join(dict.fromkeys(t for t, _ in seen)) or "no agent events"
+            raise StageFailed(f"no {final} within {limit:g} s (got: {got})", timeout=True,
+                              waited_ms=_ms(start), **progress()) from None
+        except _ConnClosed as closed:
+            raise StageFailed(self._close_detail(closed.close, final), closed=True, **progress()) from None
+        ev = progress()
+        if ev["missing"]:
+            raise StageFailed(f"{final} arrived but {', '.join(ev['missing'])} never did", missing_events=True,
+                              **ev)
+        if self.p.ordered:
+            first = list(dict.fromkeys(t for t, _ in seen))
+            expected = [e for e in required if e in first]
+            if first != expected:
+                bad = next(i for i, (a, b) in enumerate(zip(first, expected)) if a != b)
+                raise StageFailed(f"events out of order: {first[bad]} arrived before {expected[bad]}",
+                                  out_of_order=True, order=first, **ev)
+        span = seen[-1][1] - seen[0][1] if seen else 0.0
+        return f"{len(required)}/{len(required)} events in order over {span:.0f} ms" + (
+            f" (+{other} other frames)" if other else ""), ev
+
+    async def _expect_response(self, step: Step) -> tuple[str, dict[str, Any]]:
+        looked = ", ".join(self.p.response_paths[:4]) + ", …"
+        for t, value, _frame in self.answers:
+            text = _response_text(value, self.p.response_paths)
+            if text:
+                return f"{len(text)} chars in {t}: {_excerpt(text)}", {"chars": len(text), "frame_type": t,
+                                                                      "excerpt": _excerpt(text)}
+        limit = step.timeout or self.ctx.target.timeouts.response
+        try:
+            async with asyncio.timeout(limit):
+                while True:
+                    t, value, _frame = await self._next()
+                    if t in self.p.error_types:
+                        raise StageFailed(f"error frame instead of a response: {_error_text(value)}",
+                                          error_frame=_error_text(value))
+                    if t in self.p.response_types:
+                        text = _response_text(value, self.p.response_paths)
+                        if text:
+                            return f"{len(text)} chars in {t}: {_excerpt(text)}", {
+                                "chars": len(text), "frame_type": t, "excerpt": _excerpt(text)}
+        except TimeoutError:
+            seen = ", ".join(t for t, _, _ in self.answers) or "no response frame"
+            raise StageFailed(f"no response text within {limit:g} s ({seen}; looked at {looked})",
+                              empty_response=True) from None
+        except _ConnClosed as closed:
+            raise StageFailed(self._close_detail(closed.close, "a response arrived"), closed=True) from None
+
+    async def _step_close(self, step: Step) -> tuple[str, dict[str, Any]]:
+        conn = self.conn
+        if conn is None:
+            raise StageFailed("no open connection to close", "error")
+        if conn.closed is not None:
+            raise StageFailed(self._close_detail(conn.closed, "the client closed"), closed=True)
+        start = time.monotonic()
+        await conn.ws.close(1000, "stagewatch done")
+        closed = self._record_close()
+        self.conn = None
+        if closed.by == "client" and closed.code == 1000:
+            return f"closed 1000, server answered in {_ms(start):.0f} ms", {"code": closed.code}
+        raise StageFailed(f"close handshake incomplete: {closed.code} {closed.name}", code=closed.code)
+
+    async def _close_quietly(self) -> None:
+        conn = self.conn
+        if conn is None:
+            return
+        self.conn = None
+        if conn.closed is None:
+            try:
+                await asyncio.wait_for(conn.ws.close(1000, "stagewatch done"), self.ctx.target.timeouts.close)
+            except (TimeoutError, OSError):
+                pass
+            self.conn = conn
+            self._record_close()
+            self.conn = None
+
+
+class _ConnClosed(Exception):
+    def __init__(self, close: Closed) -> None:
+        self.close = close
+
+
+# --- helpers ------------------------------------------------------------------------------------------------
+
+def _header(headers: Any, name: str) -> str | None:
+    """The first value of a header, tolerating servers that send it twice."""
+    values = headers.get_all(name) if hasattr(headers, "get_all") else [headers.get(name)]
+    return values[0] if values and values[0] is not None else None
+
+
+def _ms(start: float) -> float:
+    return round((time.monotonic() - start) * 1000.0, 1)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600} h {seconds % 3600 // 60} m"
+    if seconds >= 60:
+        return f"{seconds // 60} m {seconds % 60} s"
+    return f"{seconds} s"
+
+
+def _render(template: Any, text: str) -> Any:
+    if isinstance(template, str):
+        return template.replace("{text}", text)
+    if isinstance(template, dict):
+        return {k: _render(v, text) for k, v in template.items()}
+    if isinstance(template, list):
+        return [_render(v, text) for v in template]
+    return template
+
+
+def _version_of(value: Any, field_path: str) -> str | None:
+    for path in (field_path, "version", "build", "build_id", "commit", "git_sha"):
+        v = get_path(value, path)
+        if isinstance(v, (str, int, float)) and not isinstance(v, bool) and str(v):
+            return str(v)
+    return None
+
+
+def _response_text(value: Any, paths: list[str]) -> str:
+    for path in paths:
+        v = get_path(value, path)
+        if isinstance(v, str) and v.strip():
+            return v
+        if isinstance(v, dict):
+            for key in ("response", "content", "text", "message", "answer"):
+                inner = v.get(key)
+                if isinstance(inner, str) and inner.strip():
+                    return inner
+    return ""
+
+
+def _excerpt(text: str, limit: int = 80) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def _error_text(value: Any) -> str:
+    for path in ("payload.message", "payload.error", "data.message", "data.error", "message", "error", "detail"):
+        v = get_path(value, path)
+        if isinstance(v, str) and v:
+            return _excerpt(v, 160)
+    return _excerpt(json.dumps(value)[:200], 160) if value is not None else "(no message)"
+
+
+def _os_error(exc: OSError) -> tuple[str, str]:
+    if isinstance(exc, ssl.SSLError):
+        return "tls", f"TLS error: {exc.reason or exc}"
+    if isinstance(exc, socket.gaierror):
+        return "dns", f"DNS lookup failed: {exc.strerror or exc}"
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused", "connection refused"
+    if isinstance(exc, ConnectionResetError):
+        return "reset", "connection reset by peer"
+    return "os", f"{type(exc).__name__}: {exc.strerror or exc}"
+
+
+def _http_error(exc: httpx.HTTPError, timeout: float) -> tuple[str, str]:
+    if isinstance(exc, httpx.TimeoutException):
+        return "timeout", f"no answer within {timeout:g} s"
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OSError):
+            return _os_error(cause)
+        cause = cause.__cause__ or cause.__context__
+    text = str(exc) or type(exc).__name__
+    lower = text.lower()
+    if "certificate" in lower or "ssl" in lower or "tls" in lower:
+        return "tls", f"TLS error: {text}"
+    if "name or service not known" in lower or "nodename" in lower or "getaddrinfo" in lower:
+        return "dns", f"DNS lookup failed: {text}"
+    if "refused" in lower:
+        return "refused", "connection refused"
+    return "http", text
+
+
+def server_date_skew(date_header: str | None) -> float | None:
+    """Seconds the server's Date header is ahead of our clock (negative: behind)."""
+    if not date_header:
+        return None
+    try:
+        return email.utils.parsedate_to_datetime(date_header).timestamp() - time.time()
+    except (TypeError, ValueError):
+        return None

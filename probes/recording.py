@@ -1,0 +1,179 @@
+"""Session recordings: every event to JSON Lines as it happens, and reading them back for replay.
+
+The writer batches lines and hands them to the OS at least every 100 ms and at every stage boundary, close and
+probe end (one `os.write` per batch, never one per frame), so a `kill -9` loses at most the last 100 ms. The
+file is created 0600. A write error (disk full, unwritable path) stops recording with a Notice; the run goes on.
+The reader tolerates a truncated last line (a crash mid-write).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import platformdirs
+
+from .events import (Closed, Event, Frame, Notice, ProbeFinished, RunFinished, StageFinished, StageStarted,
+                     from_record, to_record)
+from .redact import Redactor
+
+FLUSH_INTERVAL = 0.1
+_BOUNDARIES = (StageStarted, StageFinished, Closed, ProbeFinished, RunFinished, Notice)
+
+
+def default_recording_path(target: str, now: float | None = None) -> Path:
+    stamp = datetime.fromtimestamp(now or time.time()).strftime("%Y%m%d-%H%M%S")
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in target)[:40] or "target"
+    return Path(platformdirs.user_data_dir("stagewatch")) / "recordings" / f"{stamp}-{safe}.jsonl"
+
+
+class Recorder:
+    """Subscribe `recorder.handle` to the bus; `await recorder.start()` for the 100 ms timer; `close()` at end."""
+
+    def __init__(self, path: Path, redactor: Redactor | None = None, wall0: float | None = None,
+                 notify: Callable[[Event], None] | None = None) -> None:
+        self.path = path
+        self.redactor = redactor or Redactor()
+        self.wall0 = time.time() if wall0 is None else wall0
+        self.notify = notify
+        self.error: str | None = None
+        self.lines_written = 0
+        self._buf: list[str] = []
+        self._last_flush = time.monotonic()
+        self._fd: int | None = None
+        self._timer: asyncio.Task[None] | None = None
+        self._open()
+
+    def _open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            os.fchmod(self._fd, 0o600)
+        except OSError as exc:
+            self._fail(f"cannot record to {self.path}: {exc.strerror or exc}")
+
+    def _fail(self, message: str) -> None:
+        self.error = message
+        self._buf.clear()
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
+        if self.notify is not None:
+            self.notify(Notice(0.0, "warning", message + " — recording stopped, the run goes on"))
+
+    @property
+    def active(self) -> bool:
+        return self._fd is not None
+
+    def _line(self, event: Event) -> str:
+        wall = round(self.wall0 + event.t, 6)
+        if type(event) is Frame and isinstance(event.data, str):  # the hot path in a flood
+            return (f'{{"type":"frame","t":{event.t},"wall":{wall},"probe_id":{json.dumps(event.probe_id)},'
+                    f'"direction":"{event.direction}","ms":{event.ms},"size":{event.size},'
+                    f'"data":{json.dumps(event.data, ensure_ascii=False)},'
+                    f'"truncated":{"true" if event.truncated else "false"}}}\n')
+        record = to_record(event)
+        record["wall"] = wall
+        return self.redactor.text(json.dumps(record, ensure_ascii=False, default=str)) + "\n"
+
+    def handle(self, event: Event) -> None:
+        if self._fd is None:
+            return
+        try:
+            self._buf.append(self._line(event))
+        except (TypeError, ValueError) as exc:  # an unserialisable value must not stop the run
+            self._buf.append(json.dumps({"type": "notice", "t": event.t, "level": "warning",
+                                         "message": f"event not recorded: {exc}"}) + "\n")
+        if isinstance(event, _BOUNDARIES) or time.monotonic() - self._last_flush >= FLUSH_INTERVAL:
+            self.flush()
+
+    def flush(self) -> None:
+        self._last_flush = time.monotonic()
+        if self._fd is None or not self._buf:
+            return
+        data = "".join(self._buf).encode("utf-8", "surrogatepass")
+        count = len(self._buf)
+        self._buf.clear()
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+            self.lines_written += count
+        except OSError as exc:
+            self._fail(f"cannot write recording {self.path}: {exc.strerror or exc}")
+
+    async def start(self) -> None:
+        """Flush every 100 ms while events trickle in between boundaries."""
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().create_task(self._tick())
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL)
+            if self._buf and time.monotonic() - self._last_flush >= FLUSH_INTERVAL:
+                self.flush()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.flush()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+@dataclass
+class Replay:
+    events: list[Event] = field(default_factory=list)
+    skipped: int = 0  # malformed lines in the middle
+    truncated: bool = False  # the last line was cut short (the recorder died mid-write)
+
+    @property
+    def wall0(self) -> float | None:
+        from .events import RunStarted
+
+        first = next((e for e in self.events if isinstance(e, RunStarted)), None)
+        return first.wall if first else None
+
+
+class RecordingError(Exception):
+    """The recording cannot be read at all (missing, not a recording)."""
+
+
+def read_recording(path: str | Path) -> Replay:
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise RecordingError(f"{p}: cannot read recording: {exc.strerror or exc}") from None
+    replay = Replay()
+    lines = raw.split(b"\n")
+    last = len(lines) - 1
+    for number, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line.decode("utf-8", "surrogatepass"))
+            if not isinstance(record, dict):
+                raise ValueError("not an object")
+            record.pop("wall", None)
+            replay.events.append(from_record(record))
+        except (ValueError, UnicodeDecodeError):
+            if number == last:
+                replay.truncated = True
+            else:
+                replay.skipped += 1
+    if not replay.events and (replay.skipped or replay.truncated or raw.strip()):
+        raise RecordingError(f"{p}: not a stagewatch recording (no event could be read)")
+    return replay

@@ -1,0 +1,142 @@
+"""The queue runner: probes in priority order (P0 first), fail-fast, filters, one connection per probe.
+
+`run_queue()` is the engine's entry point for every front end: it starts the embedded sandbox when the target
+asks for it, publishes RunStarted … RunFinished on the bus, and returns the probes' final results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import httpx
+
+from .bus import EventBus
+from .config import Config, ProbeDef, ResolvedTarget
+from .events import ProbeFinished, ProbeStarted, RunFinished, RunStarted, StageFinished, StageStarted
+from .probe import LOOPBACK, ProbeRun, RunContext
+from .redact import Redactor
+from .sandbox import SANDBOX_BUILD, Sandbox, SandboxOptions
+
+
+@dataclass
+class RunOptions:
+    fail_fast: bool = False
+    only: tuple[str, ...] = ()
+    max_priority: int | None = None
+    expected_version: str | None = None
+    fault: str = "none"  # for the embedded sandbox
+    sandbox_options: SandboxOptions | None = None
+    env: Mapping[str, str] | None = None
+
+
+@dataclass
+class RunResult:
+    verdict: str
+    probes: list[ProbeFinished] = field(default_factory=list)
+    base_url: str = ""
+
+
+class Clock:
+    """Seconds since the session started, on the monotonic clock; `wall` is the epoch time at zero."""
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+        self.wall = time.time()
+
+    def __call__(self) -> float:
+        return round(time.monotonic() - self.start, 6)
+
+
+def select_probes(config: Config, options: RunOptions) -> list[ProbeDef]:
+    """The queue: filtered by --only / --max-priority, stable-sorted by priority."""
+    probes = list(config.probes)
+    if options.only:
+        known = {p.id for p in probes}
+        unknown = [i for i in options.only if i not in known]
+        if unknown:
+            raise ValueError(f"--only: no probe named {unknown[0]!r} (probes: {', '.join(sorted(known))})")
+        probes = [p for p in probes if p.id in options.only]
+    if options.max_priority is not None:
+        probes = [p for p in probes if p.priority <= options.max_priority]
+    return sorted(probes, key=lambda p: p.priority)
+
+
+def target_hosts(target: ResolvedTarget, base_url: str) -> frozenset[str]:
+    hosts = {urlsplit(base_url).hostname or ""}
+    if target.ws_url:
+        hosts.add(urlsplit(target.ws_url).hostname or "")
+    if target.auth.endpoint is not None:
+        hosts.add(urlsplit(target.auth.endpoint.url).hostname or "")
+    hosts.update(h.lower() for h in target.allowed_hosts)
+    return frozenset(h.lower() for h in hosts if h)
+
+
+async def run_queue(config: Config, target: ResolvedTarget, bus: EventBus, options: RunOptions | None = None,
+                    clock: Clock | None = None) -> RunResult:
+    options = options or RunOptions()
+    clock = clock or Clock()
+    probes = select_probes(config, options)
+    sandbox: Sandbox | None = None
+    expected = options.expected_version or None
+    base_url = target.base_url
+    secret: str | None = None
+    if target.is_sandbox:
+        sandbox = Sandbox(options.sandbox_options or SandboxOptions(fault=options.fault,
+                                                                   ws_path=target.protocol.ws_path))
+        await sandbox.start()
+        base_url, secret = sandbox.base_url, sandbox.secret
+        expected = expected or SANDBOX_BUILD
+    env = os.environ if options.env is None else options.env
+    redactor = Redactor([secret] if secret else [])
+    redactor.add(env.get(target.auth.secret_env))
+    redactor.add(env.get(target.auth.token_env))
+    started = time.monotonic()
+    results: list[ProbeFinished] = []
+    verdict = "pass"
+    verify: bool = target.verify_tls
+    loopback = urlsplit(base_url).hostname in LOOPBACK
+    try:
+        async with httpx.AsyncClient(verify=verify, follow_redirects=False, trust_env=not loopback) as http:
+            ctx = RunContext(target=target, base_url=base_url, bus=bus, clock=clock, redactor=redactor, env=env,
+                             expected_version=expected, sandbox_secret=secret, http=http,
+                             allowed_hosts=target_hosts(target, base_url))
+            bus.publish(RunStarted(clock(), target.name, base_url,
+                                   tuple((p.id, p.name or p.id, p.priority) for p in probes), clock.wall))
+            queue: asyncio.PriorityQueue[tuple[int, int, ProbeDef]] = asyncio.PriorityQueue()
+            for index, probe in enumerate(probes):
+                queue.put_nowait((probe.priority, index, probe))
+            stop = False
+            while not queue.empty():
+                _, _, probe = queue.get_nowait()
+                if stop:
+                    results.append(_skip(bus, clock, probe))
+                    continue
+                finished = await ProbeRun(probe, ctx).run()
+                results.append(finished)
+                if finished.status != "pass":
+                    verdict = "fail"
+                    stop = options.fail_fast
+    except asyncio.CancelledError:
+        bus.publish(RunFinished(clock(), "interrupted", round((time.monotonic() - started) * 1000, 1)))
+        raise
+    finally:
+        if sandbox is not None:
+            await sandbox.stop()
+    bus.publish(RunFinished(clock(), verdict, round((time.monotonic() - started) * 1000, 1)))  # type: ignore[arg-type]
+    return RunResult(verdict, results, base_url)
+
+
+def _skip(bus: EventBus, clock: Clock, probe: ProbeDef) -> ProbeFinished:
+    bus.publish(ProbeStarted(clock(), probe.id, probe.name or probe.id, probe.priority,
+                             tuple(s.name for s in probe.steps)))
+    for s in probe.steps:
+        bus.publish(StageStarted(clock(), probe.id, s.name, s.step))
+        bus.publish(StageFinished(clock(), probe.id, s.name, "skip", 0.0, "not run: --fail-fast"))
+    finished = ProbeFinished(clock(), probe.id, "skip", 0.0, None, 0, 0)
+    bus.publish(finished)
+    return finished

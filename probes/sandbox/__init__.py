@@ -1,0 +1,6 @@
+"""The embedded sandbox: a real loopback HTTP + WebSocket server speaking the product's protocol, with faults."""
+
+from .faults import FAULTS
+from .server import SANDBOX_BUILD, Sandbox, SandboxOptions
+
+__all__ = ["FAULTS", "SANDBOX_BUILD", "Sandbox", "SandboxOptions"]

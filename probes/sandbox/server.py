@@ -1,0 +1,283 @@
+"""The sandbox server: HTTP health and header echo, and the WebSocket chat protocol, each fault switchable.
+
+It validates the JWT (HS256) with its own secret, echoes the `jwt.` subprotocol, sends
+`connection_established`, answers each user message with the five agent events and a response, and closes 1000
+when the client does. It listens on loopback only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import http
+import json
+import secrets
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request, Response
+
+from ..auth import token_from_subprotocol
+from ..redact import redact_token
+from .faults import DEFAULT_FLOOD, FAULTS
+
+SANDBOX_BUILD = "2026.11.25-sandbox"
+STALE_BUILD = "2026.10.02-stale"
+CLOCK_SKEW_S = 1200  # clock-skew fault: the server runs 20 minutes ahead (more than the token lifetime)
+AGENT_EVENTS = ("agent_started", "agent_thinking", "tool_executing", "tool_completed", "agent_completed")
+MESSAGE_TYPES = {"user_message", "chat_message", "message", "start_agent"}
+
+
+@dataclass
+class SandboxOptions:
+    fault: str = "none"
+    flood: int = DEFAULT_FLOOD
+    delay: float = 35.0  # slow-agent: seconds between agent events
+    step_delay: float = 0.004  # normal pace between agent events
+    ready_close_after: float = 0.05  # closed-before-ready: seconds between accept and close
+    secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    ws_path: str = "/ws"
+
+    def __post_init__(self) -> None:
+        if self.fault not in FAULTS:
+            raise ValueError(f"unknown fault {self.fault!r} (faults: {', '.join(FAULTS)})")
+
+
+class Sandbox:
+    """`async with Sandbox(SandboxOptions(fault=...)) as sb:` then use `sb.base_url`."""
+
+    def __init__(self, options: SandboxOptions | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.options = options or SandboxOptions()
+        self.host = host
+        self.port = port
+        self._server: Server | None = None
+        self.connections = 0
+        self.messages = 0
+
+    @property
+    def fault(self) -> str:
+        return self.options.fault
+
+    @property
+    def secret(self) -> str:
+        return self.options.secret
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def build(self) -> str:
+        return STALE_BUILD if self.fault == "version-mismatch" else SANDBOX_BUILD
+
+    async def start(self) -> Sandbox:
+        self._server = await serve(
+            self._handle, self.host, self.port,
+            process_request=self._process_request,
+            select_subprotocol=self._select_subprotocol,
+            server_header="stagewatch-sandbox",
+            max_size=2**20,
+            ping_interval=None,
+        )
+        sock = next(iter(self._server.sockets))
+        self.port = sock.getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close(close_connections=True)
+            await self._server.wait_closed()
+            self._server = None
+
+    async def __aenter__(self) -> Sandbox:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def serve_forever(self) -> None:
+        assert self._server is not None
+        await self._server.serve_forever()
+
+    # --- HTTP -------------------------------------------------------------------------------------------
+    def _date(self) -> str:
+        skew = CLOCK_SKEW_S if self.fault == "clock-skew" else 0
+        return email.utils.formatdate(time.time() + skew, usegmt=True)
+
+    def _json(self, conn: ServerConnection, status: int, body: dict[str, Any]) -> Response:
+        resp = conn.respond(status, json.dumps(body))
+        resp.headers["Content-Type"] = "application/json"
+        del resp.headers["Date"]
+        resp.headers["Date"] = self._date()
+        return resp
+
+    def _seen_headers(self, request: Request) -> Headers:
+        if self.fault != "strip-auth":
+            return request.headers
+        # What a header-stripping proxy leaves behind.
+        stripped = {"authorization", "sec-websocket-protocol"}
+        return Headers([(k, v) for k, v in request.headers.raw_items() if k.lower() not in stripped])
+
+    def _token(self, headers: Headers) -> str | None:
+        auth = headers.get("Authorization", "")
+        if auth.lower().startswith("bearer "):
+            return auth[7:].strip()
+        for value in headers.get_all("Sec-WebSocket-Protocol"):
+            for offered in (v.strip() for v in value.split(",")):
+                token = token_from_subprotocol(offered)
+                if token:
+                    return token
+        return None
+
+    def _verify(self, token: str) -> tuple[dict[str, Any] | None, str]:
+        now = time.time() + (CLOCK_SKEW_S if self.fault == "clock-skew" else 0)
+        try:
+            claims = jwt.decode(token, self.secret, algorithms=["HS256"],
+                                options={"verify_exp": False, "verify_iat": False})
+        except jwt.PyJWTError as exc:
+            return None, f"invalid token: {exc}"
+        exp = claims.get("exp")
+        if isinstance(exp, (int, float)) and exp < now:
+            return None, "token expired"
+        return claims, ""
+
+    def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+        path = request.path.split("?", 1)[0]
+        if path == "/health":
+            if self.fault == "not-ready":
+                return self._json(conn, 503, {"status": "starting", "detail": "warming up"})
+            return self._json(conn, 200, {"status": "healthy", "version": self.build,
+                                          "service": "stagewatch-sandbox"})
+        if path == "/debug/echo-headers":
+            seen = self._seen_headers(request)
+            shown = {k.lower(): (redact_token(v) if k.lower() in ("authorization", "sec-websocket-protocol")
+                                 else v) for k, v in seen.raw_items()}
+            return self._json(conn, 200, {"headers": shown})
+        if path != self.options.ws_path:
+            return self._json(conn, 404, {"detail": f"no route {path}"})
+        if self.fault == "not-ready":
+            return self._json(conn, 503, {"detail": "service starting"})
+        if self.fault == "no-upgrade":
+            resp = conn.respond(200, "<!doctype html><html><body><h1>Welcome</h1></body></html>")
+            resp.headers["Content-Type"] = "text/html"
+            return resp
+        if self.fault == "auth-rejected":
+            return self._json(conn, 403, {"detail": "forbidden"})
+        headers = self._seen_headers(request)
+        token = self._token(headers)
+        if token is None:
+            return self._json(conn, 401, {"detail": "missing token"})
+        claims, why = self._verify(token)
+        if claims is None and self.fault != "auth-close":
+            return self._json(conn, 401, {"detail": why})
+        return None
+
+    def _select_subprotocol(self, conn: ServerConnection, subprotocols: Any) -> Any:
+        if self.fault in ("strip-auth", "subprotocol-not-echoed"):
+            return None
+        for offered in subprotocols:
+            if offered.startswith("jwt."):
+                return offered
+        return None
+
+    # --- WebSocket ----------------------------------------------------------------------------------------
+    async def _handle(self, ws: ServerConnection) -> None:
+        self.connections += 1
+        fault = self.fault
+        try:
+            if fault == "closed-before-ready":
+                await asyncio.sleep(self.options.ready_close_after)
+                await ws.close(1000, "main cleanup")
+                return
+            if fault == "auth-close":
+                await ws.close(1008, "invalid token")
+                return
+            if fault == "silent":
+                await ws.wait_closed()
+                return
+            if fault == "garbage":
+                await ws.send("<html>502 Bad Gateway</html>")
+                await ws.send(b"\x00\xff\xfe garbage \x80")
+            user = "anonymous"
+            token = self._token(self._seen_headers(ws.request)) if ws.request else None
+            if token:
+                user = str((self._verify(token)[0] or {}).get("sub", "anonymous"))
+            await ws.send(json.dumps({"type": "connection_established", "payload": {
+                "connection_id": uuid.uuid4().hex[:12], "user_id": user, "server_build": self.build}}))
+            async for message in ws:
+                try:
+                    frame = json.loads(message) if isinstance(message, str) else None
+                except ValueError:
+                    frame = None
+                if not isinstance(frame, dict) or frame.get("type") not in MESSAGE_TYPES:
+                    await ws.send(json.dumps({"type": "error", "payload": {"message": "unrecognised frame"}}))
+                    continue
+                self.messages += 1
+                await self._agent_run(ws, frame)
+        except ConnectionClosed:
+            pass
+
+    async def _agent_run(self, ws: ServerConnection, frame: dict[str, Any]) -> None:
+        fault = self.fault
+        payload = frame.get("payload") if isinstance(frame.get("payload"), dict) else {}
+        question = str(payload.get("content", ""))
+        run_id = uuid.uuid4().hex[:8]
+        if fault == "error-frame":
+            await ws.send(json.dumps({"type": "error", "payload": {"message": "agent registry not initialised",
+                                                                   "run_id": run_id}}))
+            return
+        if fault == "flood":
+            await self._flood(ws, self.options.flood)
+        if fault == "huge-frame":
+            await ws.send(json.dumps({"type": "agent_thinking", "payload": {"blob": "x" * 10_000_000}}))
+        events = list(AGENT_EVENTS)
+        if fault == "missing-events":
+            events = [e for e in events if e not in ("tool_executing", "tool_completed")]
+        if fault == "events-out-of-order":
+            events[0], events[1] = events[1], events[0]
+        delay = self.options.delay if fault == "slow-agent" else self.options.step_delay
+        answer = f"The answer to {question!r} is 4." if question else "Done."
+        for i, name in enumerate(events):
+            if i == 2 and fault in ("server-error", "abnormal-close", "restart"):
+                if fault == "abnormal-close":
+                    ws.transport.abort()
+                    return
+                code, reason = (1011, "agent crashed") if fault == "server-error" else (1012, "deploy in progress")
+                await ws.close(code, reason)
+                return
+            body: dict[str, Any] = {"run_id": run_id, "agent_name": "triage"}
+            if name == "tool_executing":
+                body["tool_name"] = "calculator"
+            elif name == "tool_completed":
+                body.update(tool_name="calculator", result="4")
+            elif name == "agent_thinking":
+                body["thought"] = "working out the sum"
+            elif name == "agent_completed":
+                body["response"] = "" if fault == "empty-response" else answer
+            await asyncio.sleep(delay)
+            await ws.send(json.dumps({"type": name, "payload": body}))
+
+    async def _flood(self, ws: ServerConnection, count: int) -> None:
+        """Send `count` filler frames as fast as the socket takes them (pre-encoded, written in batches)."""
+        one = Frame(Opcode.TEXT, b'{"type":"flood","payload":{"n":1}}').serialize(
+            mask=False, extensions=[])
+        batch = 512
+        chunk = one * batch
+        sent = 0
+        while sent < count:
+            n = min(batch, count - sent)
+            ws.transport.write(chunk if n == batch else one * n)
+            sent += n
+            await ws.drain()
+
+
+def fault_help() -> str:
+    width = max(map(len, FAULTS))
+    return "\n".join(f"  {name:<{width}}  {text}" for name, text in FAULTS.items())

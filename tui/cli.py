@@ -1,0 +1,259 @@
+"""The `stagewatch` command line: the live app (default), `run` (headless, for CI), `sandbox`, `demo`, `replay`.
+
+User errors (bad config, unknown target, unreachable file) print one line on stderr and exit 2; no traceback.
+The Textual app is imported only by the commands that open it, so `stagewatch run` starts fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
+
+import click
+
+from probes.config import (SANDBOX, Config, ConfigError, ResolvedTarget, find_config_path, load_config,
+                           resolve_target)
+from probes.handoff import read_handoff
+from probes.headless import EXIT_USAGE, HeadlessRequest, run_headless
+from probes.recording import default_recording_path
+from probes.runner import RunOptions
+from probes.sandbox import FAULTS
+
+FAULT_CHOICE = click.Choice(list(FAULTS))
+
+
+def fail(message: str) -> NoReturn:
+    click.echo(f"stagewatch: error: {message}", err=True)
+    sys.exit(EXIT_USAGE)
+
+
+def _config(path: str | None) -> Config:
+    try:
+        return load_config(find_config_path(path))
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+def looks_like_production(host: str, patterns: list[str]) -> bool:
+    host = host.lower()
+    return not any(p.lower() in host for p in patterns)
+
+
+def _target(config: Config, name: str | None, url: str | None, *, allow_production: bool,
+            insecure: bool) -> ResolvedTarget:
+    if name and url:
+        fail("give --target or --url, not both")
+    try:
+        target = resolve_target(config, name, url=url)
+    except ConfigError as exc:
+        fail(str(exc))
+    if insecure:
+        target = target.model_copy(update={"verify_tls": False})
+    if not target.is_sandbox:
+        host = urlsplit(target.base_url).hostname or ""
+        if looks_like_production(host, config.safety.non_production_patterns) and not allow_production:
+            fail(f"target {target.name!r} ({host}) looks like production (no "
+                 f"{'/'.join(config.safety.non_production_patterns[:3])}… in the host); "
+                 "pass --allow-production if you mean it")
+    return target
+
+
+def _expected_version(target: ResolvedTarget, given: str | None) -> str | None:
+    if given:
+        return given
+    parts = urlsplit(target.base_url)
+    if not target.is_sandbox and parts.hostname in ("127.0.0.1", "localhost") and parts.port:
+        handoff = read_handoff(parts.port)  # a standalone sandbox says which build it released
+        if handoff and isinstance(handoff.get("release_build"), str):
+            return handoff["release_build"]
+    return None
+
+
+def target_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed([
+        click.option("--config", "config_path", metavar="PATH", help="Config file (default: $STAGEWATCH_CONFIG, "
+                     "./config.yaml, then the packaged one)."),
+        click.option("--target", "-t", metavar="NAME", help="Target from the config (default: default_target)."),
+        click.option("--url", metavar="BASE_URL", help="Probe any server at this base URL with the default "
+                     "protocol (ws URL derived from it)."),
+        click.option("--fault", type=FAULT_CHOICE, default="none", show_default=True,
+                     help="Fault for the embedded sandbox target."),
+        click.option("--expect-version", metavar="BUILD", help="Fail health when the deployed build differs."),
+        click.option("--fail-fast", is_flag=True, help="Stop the queue at the first failing probe."),
+        click.option("--only", multiple=True, metavar="ID", help="Run only this probe (repeatable)."),
+        click.option("--max-priority", type=click.IntRange(0, 9), metavar="N", help="Run probes P0..PN only."),
+        click.option("--insecure", is_flag=True, help="Do not verify TLS certificates."),
+        click.option("--allow-production", is_flag=True, help="Allow a target whose host looks like production."),
+    ]):
+        func = option(func)
+    return func
+
+
+def _prepare(config_path: str | None, target: str | None, url: str | None, fault: str, expect_version: str | None,
+             fail_fast: bool, only: tuple[str, ...], max_priority: int | None, insecure: bool,
+             allow_production: bool) -> tuple[Config, ResolvedTarget, RunOptions]:
+    config = _config(config_path)
+    resolved = _target(config, target, url, allow_production=allow_production, insecure=insecure)
+    if fault != "none" and not resolved.is_sandbox:
+        fail("--fault applies to the embedded sandbox only; for a standalone one use `stagewatch sandbox --fault`")
+    known = {p.id for p in config.probes}
+    for probe_id in only:
+        if probe_id not in known:
+            fail(f"--only: no probe named {probe_id!r} (probes: {', '.join(sorted(known))})")
+    options = RunOptions(fail_fast=fail_fast, only=only, max_priority=max_priority,
+                         expected_version=_expected_version(resolved, expect_version), fault=fault)
+    return config, resolved, options
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@target_options
+@click.option("--record", "record_path", metavar="PATH", help="Record the session here (default: user data dir).")
+@click.option("--no-record", is_flag=True, help="Do not record the session.")
+@click.version_option(package_name="stagewatch")
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None, target: str | None, url: str | None, fault: str,
+         expect_version: str | None, fail_fast: bool, only: tuple[str, ...], max_priority: int | None,
+         insecure: bool, allow_production: bool, record_path: str | None, no_record: bool) -> None:
+    """Watch the golden path live: health → auth → connect → handshake → message → agent → response.
+
+    With no command, opens the live monitor against the default target (the embedded sandbox).
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    config, resolved, options = _prepare(config_path, target, url, fault, expect_version, fail_fast, only,
+                                         max_priority, insecure, allow_production)
+    _open_app(config, resolved, options, _record_path(record_path, no_record, resolved.name))
+
+
+def _record_path(record_path: str | None, no_record: bool, target: str) -> Path | None:
+    if no_record:
+        return None
+    return Path(record_path) if record_path else default_recording_path(target)
+
+
+def _open_app(config: Config, target: ResolvedTarget | None, options: RunOptions, record: Path | None,
+              replay: Path | None = None) -> None:
+    from tui.app import run_app  # the Textual import is paid only here
+
+    sys.exit(run_app(config=config, target=target, options=options, record_path=record, replay_path=replay))
+
+
+@main.command()
+@target_options
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the JSON report.")
+@click.option("--junit", "junit_path", type=click.Path(dir_okay=False, path_type=Path), help="Write JUnit XML.")
+@click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write a Markdown report to paste into an issue.")
+@click.option("--record", "record_path", metavar="PATH", help="Record the session here (default: user data dir).")
+@click.option("--no-record", is_flag=True, help="Do not record the session.")
+@click.option("--verbose", "-v", is_flag=True, help="Also print skipped stages and diagnosis evidence.")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing; rely on the exit code and reports.")
+def run(config_path: str | None, target: str | None, url: str | None, fault: str, expect_version: str | None,
+        fail_fast: bool, only: tuple[str, ...], max_priority: int | None, insecure: bool, allow_production: bool,
+        json_path: Path | None, junit_path: Path | None, markdown_path: Path | None, record_path: str | None,
+        no_record: bool, verbose: bool, quiet: bool) -> None:
+    """Run the probe queue headless: a line per stage, a verdict, reports. Exit 0 pass, 1 fail, 2 usage."""
+    config, resolved, options = _prepare(config_path, target, url, fault, expect_version, fail_fast, only,
+                                         max_priority, insecure, allow_production)
+    req = HeadlessRequest(config, resolved, options, json_path, junit_path, markdown_path,
+                          _record_path(record_path, no_record, resolved.name), verbose, quiet)
+    sys.exit(run_headless(req))
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback only).")
+@click.option("--port", "-p", default=8765, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--fault", type=FAULT_CHOICE, default="none", show_default=True, help="Failure mode to show.")
+@click.option("--flood", "flood_count", default=None, type=click.IntRange(1), help="Frames per message (flood).")
+@click.option("--delay", default=None, type=click.FloatRange(0), help="Seconds between agent events (slow-agent).")
+@click.option("--list-faults", is_flag=True, help="List the faults and exit.")
+def sandbox(host: str, port: int, fault: str, flood_count: int | None, delay: float | None,
+            list_faults: bool) -> None:
+    """Run the sandbox server standalone, so another terminal can probe it with `stagewatch run --url`."""
+    from probes.handoff import remove_handoff, write_handoff
+    from probes.sandbox import SANDBOX_BUILD, Sandbox, SandboxOptions
+    from probes.sandbox.server import fault_help
+
+    if list_faults:
+        click.echo(fault_help())
+        return
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        fail("the sandbox listens on loopback only (127.0.0.1, localhost or ::1)")
+    opts = SandboxOptions(fault=fault)
+    if os.environ.get("JWT_SECRET_KEY"):
+        opts.secret = os.environ["JWT_SECRET_KEY"]
+    if flood_count is not None:
+        opts.flood = flood_count
+    if delay is not None:
+        opts.delay = delay
+
+    async def serve() -> None:
+        sb = Sandbox(opts, host=host, port=port)
+        try:
+            await sb.start()
+        except OSError as exc:
+            fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+        write_handoff(sb.port, opts.secret, SANDBOX_BUILD)
+        click.echo(f"stagewatch sandbox on {sb.base_url} (ws {sb.base_url.replace('http', 'ws')}{opts.ws_path}) "
+                   f"· fault: {fault} — {FAULTS[fault]}")
+        click.echo(f"health reports build {sb.build}; release build {SANDBOX_BUILD}")
+        click.echo(f"probe it:  stagewatch run --url {sb.base_url}     (Ctrl-C to stop)")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            remove_handoff(sb.port)
+            await sb.stop()
+
+    asyncio.run(serve())
+
+
+@main.command()
+@click.option("--config", "config_path", metavar="PATH", help="Config file.")
+@click.option("--fault", type=FAULT_CHOICE, default="none", show_default=True, help="Failure mode to show.")
+@click.option("--record", "record_path", metavar="PATH", help="Record the session here.")
+@click.option("--no-record", is_flag=True, help="Do not record the session.")
+def demo(config_path: str | None, fault: str, record_path: str | None, no_record: bool) -> None:
+    """Open the live monitor against the embedded sandbox with a fault switched on."""
+    config = _config(config_path)
+    if SANDBOX not in [t.base_url for t in config.targets.values()]:
+        fail("the config has no sandbox target (base_url: sandbox)")
+    name = next(n for n, t in config.targets.items() if t.base_url == SANDBOX)
+    resolved = _target(config, name, None, allow_production=False, insecure=False)
+    _open_app(config, resolved, RunOptions(fault=fault), _record_path(record_path, no_record, f"demo-{fault}"))
+
+
+@main.command()
+@click.argument("recording", type=click.Path(path_type=Path))
+@click.option("--config", "config_path", metavar="PATH", help="Config file.")
+@click.option("--markdown", is_flag=True, help="Print a Markdown report of the recording instead of opening it.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON report of the recording instead.")
+def replay(recording: Path, config_path: str | None, markdown: bool, as_json: bool) -> None:
+    """Show a recorded session exactly as it ran (pause, step, speed), or print its report."""
+    from probes.recording import RecordingError, read_recording
+    from probes.report import RunSummary, write_json, write_markdown
+
+    try:
+        rec = read_recording(recording)
+    except RecordingError as exc:
+        fail(str(exc))
+    if markdown or as_json:
+        summary = RunSummary()
+        for event in rec.events:
+            summary.handle(event)
+        click.echo(write_markdown(summary) if markdown else write_json(summary), nl=False)
+        return
+    _open_app(_config(config_path), None, RunOptions(), None, replay=recording)
+
+
+if __name__ == "__main__":
+    main()
