@@ -1,12 +1,32 @@
-"""Diagnosis: rules over a probe's evidence that name the most likely cause of a failure (stub; see rules)."""
+"""Diagnosis: name the most likely cause of a probe's failure, with the evidence that supports it.
+
+Rules are a table, most specific first. Each rule is a small pure function over `Facts` (what the probe saw,
+computed once) that returns the evidence lines when it matches, or None. Every matching rule is reported, in
+table order, so the first diagnosis is the best explanation. A failure that no rule explains is reported as
+`unknown` with the raw evidence: we say "unknown" rather than guess. Codes are stable: reports and CI use them.
+"""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .closecodes import describe, label
 from .config import Protocol, Timeouts
-from .evidence import Evidence
+from .events import Closed
+from .evidence import Evidence, StageOutcome
+from .frames import classify
+
+AUTH_CLOSE_CODES = frozenset({1008, 4001, 4003, 4401, 4403})
+PROXY_TIMERS_S = {30: "GCP load balancer backend timeout (30 s default)",
+                  60: "nginx proxy_read_timeout / AWS ALB idle timeout (60 s default)",
+                  100: "Cloudflare proxy read timeout (100 s)",
+                  300: "Cloud Run request timeout (300 s default)",
+                  600: "a 10-minute proxy or load balancer timeout",
+                  3600: "Cloud Run maximum request timeout (3600 s)"}
+SKEW_LIMIT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -21,6 +41,400 @@ class Diagnosis:
                 "next_step": self.next_step}
 
 
+@dataclass
+class Facts:
+    """What the rules look at, computed once from the evidence."""
+
+    ev: Evidence
+    protocol: Protocol
+    timeouts: Timeouts
+    expected_version: str | None
+    now: float
+
+    @property
+    def failed(self) -> StageOutcome | None:
+        return self.ev.failed
+
+    @property
+    def fe(self) -> dict[str, Any]:
+        return self.failed.evidence if self.failed else {}
+
+    @property
+    def step(self) -> str:
+        return self.failed.step if self.failed else ""
+
+    @property
+    def status(self) -> int | None:
+        value = self.fe.get("http_status")
+        return value if isinstance(value, int) else None
+
+    @property
+    def upgrade_refused(self) -> bool:
+        """The failing stage got an HTTP answer other than 101 to the upgrade."""
+        return self.step == "connect" and self.status is not None and self.status != 101
+
+    @property
+    def close(self) -> Closed | None:
+        """The close that ended the session from the far side (server close or a drop), if any."""
+        return next((c for c in self.ev.closes if c.by != "client"), None)
+
+    @property
+    def ready_seen(self) -> bool:
+        ready = self.protocol.ready_type
+        return any(s.status == "pass" and s.evidence.get("frame_type") == ready for s in self.ev.stages)
+
+    @property
+    def echo(self) -> dict[str, Any] | None:
+        value = self.fe.get("echo")
+        return value if isinstance(value, dict) else None
+
+    @property
+    def skew_s(self) -> float | None:
+        """How far the server's Date header is from our clock, from any handshake answer we saw."""
+        from .probe import server_date_skew
+
+        for stage in reversed(self.ev.stages):
+            skew = server_date_skew(stage.evidence.get("date"))
+            if skew is not None:
+                return skew
+        return None
+
+    @property
+    def token_claims(self) -> dict[str, Any]:
+        for stage in self.ev.stages:
+            if stage.step == "auth":
+                return stage.evidence
+        return {}
+
+    @property
+    def auth_refused(self) -> bool:
+        if self.upgrade_refused and self.status in (401, 403):
+            return True
+        c = self.close
+        return c is not None and c.code in AUTH_CLOSE_CODES and self.failed is not None
+
+    def close_line(self, c: Closed) -> str:
+        who = {"server": "sent by the server", "client": "sent by us", "none": "no close frame: the TCP "
+               "connection dropped"}[c.by]
+        reason = f" '{c.reason}'" if c.reason else " (no reason)"
+        return f"close {label(c.code)}{reason}, {who}, {c.after_ms:.0f} ms after accept"
+
+    def frames_line(self) -> str:
+        frames = [f for f in self.ev.recent_frames() if f.direction == "in"]
+        if not frames:
+            return "no frame arrived from the server before the close"
+        shown = "; ".join(classify(f.data, self.protocol.type_field).summary[:50] for f in frames[-3:])
+        return f"last frames from the server: {shown}"
+
+    def status_line(self) -> str:
+        body = str(self.fe.get("body", "")).strip().replace("\n", " ")[:120]
+        return f"HTTP {self.status} to the upgrade request" + (f", body: {body}" if body else "")
+
+
+Rule = Callable[[Facts], list[str] | None]
+
+
+def _dns_or_refused(f: Facts) -> list[str] | None:
+    if f.fe.get("error") in ("dns", "refused", "reset"):
+        return [f"{f.failed.name}: {f.failed.detail}" if f.failed else "", f"url: {f.fe.get('url', '?')}"]
+    return None
+
+
+def _tls_error(f: Facts) -> list[str] | None:
+    if f.fe.get("error") == "tls" or (f.failed and "TLS" in f.failed.detail and f.step in ("http", "connect")):
+        return [f.failed.detail if f.failed else ""]
+    return None
+
+
+def _not_ready(f: Facts) -> list[str] | None:
+    if f.status in (502, 503, 504) and f.step in ("http", "connect"):
+        return [f"{f.failed.name}: HTTP {f.status}" if f.failed else "", "the service answers but is not serving"]
+    c = f.close
+    if c is not None and c.code == 1013 and f.failed is not None:
+        return [f.close_line(c)]
+    return None
+
+
+def _version_mismatch(f: Facts) -> list[str] | None:
+    version, expected = f.fe.get("version"), f.fe.get("expected_version")
+    if f.step == "http" and version and expected and version != expected:
+        return [f"health reports build {version}", f"expected build {expected}"]
+    return None
+
+
+def _auth_header_stripped(f: Facts) -> list[str] | None:
+    echo = f.echo
+    if not echo or "authorization_arrived" not in echo:
+        return None
+    lost = []
+    if echo.get("authorization_sent") and not echo.get("authorization_arrived"):
+        lost.append("Authorization")
+    if echo.get("subprotocol_sent") and not echo.get("subprotocol_arrived"):
+        lost.append("Sec-WebSocket-Protocol")
+    if not lost:
+        return None
+    return [f"we sent {' and '.join(lost)}; {echo.get('url')} shows the backend received neither" if len(lost) > 1
+            else f"we sent {lost[0]}; {echo.get('url')} shows the backend did not receive it",
+            f"{f.failed.name}: {f.failed.detail}" if f.failed else ""]
+
+
+def _clock_skew(f: Facts) -> list[str] | None:
+    skew = f.skew_s
+    if skew is None or abs(skew) < SKEW_LIMIT_S or not (f.auth_refused or f.fe.get("token_expired")):
+        return None
+    side = "ahead of" if skew > 0 else "behind"
+    return [f"the server's Date header is {abs(skew):.0f} s {side} this machine's clock",
+            f"token lifetime: iat {f.token_claims.get('iat')}, exp {f.token_claims.get('exp')}",
+            f.status_line() if f.upgrade_refused else (f.close_line(f.close) if f.close else "")]
+
+
+def _token_expired(f: Facts) -> list[str] | None:
+    if f.fe.get("token_expired"):
+        return [f.failed.detail if f.failed else "token expired"]
+    exp = f.token_claims.get("exp")
+    if f.auth_refused and isinstance(exp, (int, float)) and exp < f.now:
+        return [f"token exp {exp} is {f.now - exp:.0f} s in the past", f.status_line()]
+    return None
+
+
+def _subprotocol_illegal(f: Facts) -> list[str] | None:
+    if f.fe.get("subprotocol_illegal"):
+        return [f"offered subprotocol {f.fe.get('subprotocol_offered')}",
+                "RFC 6455 §4.1: each subprotocol must be an RFC 7230 token; '=' padding and '/' are not allowed"]
+    return None
+
+
+def _auth_not_enforced(f: Facts) -> list[str] | None:
+    if f.fe.get("unauthenticated_accept"):
+        return [f.failed.detail if f.failed else "", "the connection carried no token"]
+    return None
+
+
+def _auth_rejected(f: Facts) -> list[str] | None:
+    if f.upgrade_refused and f.status in (401, 403):
+        return [f.status_line(), f"token sent via {', '.join(f.fe.get('transport', [])) or 'nothing'}"]
+    c = f.close
+    if c is not None and c.code in AUTH_CLOSE_CODES and f.failed is not None:
+        return [f.close_line(c), "the server accepted the upgrade, then refused the session"]
+    return None
+
+
+def _no_upgrade(f: Facts) -> list[str] | None:
+    if f.upgrade_refused and f.status is not None and (200 <= f.status < 400 or f.status in (404, 405, 426)):
+        return [f.status_line(), f"url: {f.fe.get('url', '?')}"]
+    if f.step == "connect" and f.fe.get("handshake_error"):
+        return [f"invalid handshake: {f.fe.get('handshake_error')}"]
+    return None
+
+
+def _subprotocol_not_echoed(f: Facts) -> list[str] | None:
+    if any(s.evidence.get("subprotocol_not_echoed") for s in f.ev.stages):
+        return ["101 Switching Protocols without Sec-WebSocket-Protocol although we offered "
+                f"{f.fe.get('subprotocol_offered') or 'a subprotocol'}",
+                "RFC 6455 §4.1: a client that offered subprotocols must fail a handshake that selects none; "
+                "browsers do, Python's websockets does not"]
+    return None
+
+
+def _proxy_timer(f: Facts) -> list[str] | None:
+    c = f.close
+    if c is None or c.code not in (1006, 1001) or f.failed is None:
+        return None
+    seconds = c.after_ms / 1000.0
+    for limit, who in PROXY_TIMERS_S.items():
+        if abs(seconds - limit) <= max(1.5, limit * 0.03):
+            return [f.close_line(c), f"{seconds:.1f} s matches {who}"]
+    return None
+
+
+def _server_error(f: Facts) -> list[str] | None:
+    if f.status is not None and 500 <= f.status <= 599 and f.status not in (502, 503, 504):
+        return [f"{f.failed.name}: HTTP {f.status}" if f.failed else ""]
+    c = f.close
+    if c is not None and c.code == 1011 and f.failed is not None:
+        return [f.close_line(c), f.frames_line()]
+    return None
+
+
+def _restart(f: Facts) -> list[str] | None:
+    c = f.close
+    if c is not None and c.code in (1001, 1012) and f.failed is not None:
+        return [f.close_line(c), f"during stage {f.failed.name}"]
+    return None
+
+
+def _abnormal(f: Facts) -> list[str] | None:
+    c = f.close
+    if c is not None and c.code == 1006 and f.failed is not None:
+        return [f.close_line(c), f.frames_line()]
+    return None
+
+
+def _too_big(f: Facts) -> list[str] | None:
+    c = next((c for c in f.ev.closes if c.code == 1009), None)
+    if c is not None and f.failed is not None:
+        return [f.close_line(c), f"our max_size is {f.protocol.max_frame_bytes} bytes"]
+    return None
+
+
+def _closed_before_ready(f: Facts) -> list[str] | None:
+    c = f.close
+    if c is None or f.failed is None or f.ready_seen or c.by != "server":
+        return None
+    if c.code in AUTH_CLOSE_CODES or c.code in (1001, 1009, 1011, 1012, 1013):
+        return None  # those have rules of their own
+    return [f.close_line(c), f"no {f.protocol.ready_type} frame before the close", f.frames_line()]
+
+
+def _ready_timeout(f: Facts) -> list[str] | None:
+    if f.step == "expect" and f.fe.get("timeout") and not f.ready_seen:
+        return [f.failed.detail if f.failed else "", "the upgrade succeeded but the server stayed silent"]
+    return None
+
+
+def _unexpected_frame(f: Facts) -> list[str] | None:
+    if f.fe.get("wrong_type"):
+        return [f.failed.detail if f.failed else "", f.frames_line()]
+    return None
+
+
+def _error_frame(f: Facts) -> list[str] | None:
+    if f.fe.get("error_frame"):
+        return [f"error frame: {f.fe['error_frame']}", f"during stage {f.failed.name}" if f.failed else ""]
+    return None
+
+
+def _agent_timeout(f: Facts) -> list[str] | None:
+    if f.step == "expect_events" and f.fe.get("timeout"):
+        got = [e[0] for e in f.fe.get("events", [])]
+        return [f.failed.detail if f.failed else "",
+                f"events received: {', '.join(dict.fromkeys(got)) or 'none'}",
+                f"agent timeout {f.timeouts.agent:g} s (the backend's own execution limit is typically 30 s)"]
+    return None
+
+
+def _out_of_order(f: Facts) -> list[str] | None:
+    if f.fe.get("out_of_order"):
+        return [f"arrival order: {' → '.join(f.fe.get('order', []))}",
+                f"expected order: {' → '.join(f.protocol.agent_events)}"]
+    return None
+
+
+def _missing_events(f: Facts) -> list[str] | None:
+    if f.fe.get("missing_events"):
+        got = [e[0] for e in f.fe.get("events", [])]
+        return [f"missing: {', '.join(f.fe.get('missing', []))}", f"received: {', '.join(dict.fromkeys(got))}"]
+    return None
+
+
+def _empty_response(f: Facts) -> list[str] | None:
+    if f.fe.get("empty_response"):
+        return [f.failed.detail if f.failed else "", f"looked at: {', '.join(f.protocol.response_paths[:6])}, …"]
+    return None
+
+
+@dataclass(frozen=True)
+class RuleRow:
+    code: str
+    rule: Rule
+    summary: str
+    next_step: str
+
+
+RULES: tuple[RuleRow, ...] = (
+    RuleRow("dns-or-refused", _dns_or_refused,
+            "the host could not be reached: DNS failed or nothing listens on that port",
+            "check the URL and port, that the service is deployed, and DNS from this network"),
+    RuleRow("tls-error", _tls_error, "the TLS handshake failed (certificate or protocol)",
+            "check the certificate chain and hostname; --insecure only to confirm it is TLS"),
+    RuleRow("not-ready", _not_ready,
+            "the service is up but not serving yet (502/503/504 or 1013): cold start or a deploy in progress",
+            "wait for the rollout to finish and watch health; check readiness probes and startup logs"),
+    RuleRow("version-mismatch", _version_mismatch,
+            "the deployed build is not the one expected: staging still serves old code",
+            "check the rollout status (old revision still taking traffic?) and the build that was deployed"),
+    RuleRow("auth-header-stripped", _auth_header_stripped,
+            "the token never reached the backend: a proxy or load balancer stripped the auth header/subprotocol",
+            "check the ingress/load balancer config forwards Authorization and Sec-WebSocket-Protocol"),
+    RuleRow("clock-skew", _clock_skew,
+            "the server's clock disagrees with ours by more than a minute, so a fresh token looks expired or "
+            "not yet valid",
+            "check NTP on the server (and here); allow leeway in the token check"),
+    RuleRow("token-expired", _token_expired, "the token had expired when it was used",
+            "mint a fresh token (or lengthen auth.ttl_s); check the token source"),
+    RuleRow("subprotocol-illegal", _subprotocol_illegal,
+            "the token is not a legal subprotocol value (e.g. padded base64): browsers refuse to send it",
+            "use base64url without '=' padding for jwt.<token>"),
+    RuleRow("auth-not-enforced", _auth_not_enforced,
+            "the server accepted a session without any token",
+            "check that the WebSocket route enforces authentication before accepting"),
+    RuleRow("auth-rejected", _auth_rejected,
+            "the server refused our credentials (401/403 at the upgrade, or 1008/4001/4003 after accept)",
+            "check the JWT secret/issuer the backend expects, the token's claims, and the test user"),
+    RuleRow("no-upgrade", _no_upgrade,
+            "the WebSocket URL did not upgrade: the path is wrong or a proxy does not pass Upgrade",
+            "check protocol.ws_path and that the proxy forwards Upgrade/Connection headers"),
+    RuleRow("subprotocol-not-echoed", _subprotocol_not_echoed,
+            "the server accepted without echoing the offered subprotocol: browsers will refuse this handshake "
+            "even though Python accepts it",
+            "make the server select (echo) the jwt.* subprotocol it authenticated with"),
+    RuleRow("lifetime-matches-proxy-timer", _proxy_timer,
+            "the connection died at a well-known proxy/load balancer timeout",
+            "raise the idle/request timeout on the proxy, or send keepalive pings more often than it"),
+    RuleRow("message-too-big", _too_big, "a frame exceeded the receiver's size limit (1009)",
+            "shrink the message or raise protocol.max_frame_bytes / the server's limit"),
+    RuleRow("server-error", _server_error, "the server hit an internal error (1011 or HTTP 5xx)",
+            "look at the backend logs at the time of the close for the exception"),
+    RuleRow("restart-during-run", _restart,
+            "the server went away or restarted during the run (1001/1012): a deploy or scale-down",
+            "expect this during a rollout; check the pod's shutdown drain time covers running agents"),
+    RuleRow("abnormal-close", _abnormal,
+            "the connection dropped without a close frame (1006): TCP reset, proxy idle timeout or a crash",
+            "check for a proxy between us and the backend, and backend crashes/OOM at that time"),
+    RuleRow("closed-before-ready", _closed_before_ready,
+            "the server accepted, then closed cleanly before the ready frame: it rejected the session after "
+            "the handshake",
+            "check that the auth header and subprotocol reach the backend and the backend's logs for why it "
+            "cleaned up the session"),
+    RuleRow("ready-timeout", _ready_timeout,
+            "the server accepted the connection but never sent the ready frame",
+            "check the backend's connection setup (it may be blocked on a dependency) and protocol.ready_type"),
+    RuleRow("unexpected-frame", _unexpected_frame,
+            "the first frame was not the ready frame: another protocol or an error page on this path",
+            "check protocol.ready_type and what the server sends first"),
+    RuleRow("error-frame", _error_frame, "the server answered with an error frame",
+            "read the error message; check the backend's agent setup"),
+    RuleRow("agent-timeout", _agent_timeout, "the agent did not finish within the agent timeout",
+            "check the agent's execution time and its dependencies (LLM, tools)"),
+    RuleRow("events-out-of-order", _out_of_order, "agent events arrived out of order",
+            "check the backend emits events in order (and protocol.agent_events)"),
+    RuleRow("missing-events", _missing_events, "the agent finished but some required events never arrived",
+            "check the backend emits every event (and protocol.agent_events for what is required)"),
+    RuleRow("empty-response", _empty_response, "the agent finished without response text",
+            "check the final event's payload (protocol.response_paths) and the agent's output"),
+)
+
+
 def diagnose(ev: Evidence, *, expected_version: str | None = None, protocol: Protocol | None = None,
-             timeouts: Timeouts | None = None) -> list[Diagnosis]:
-    return []
+             timeouts: Timeouts | None = None, now: float | None = None) -> list[Diagnosis]:
+    """All diagnoses that the evidence supports, best first; `unknown` for an unexplained failure."""
+    facts = Facts(ev, protocol or Protocol(), timeouts or Timeouts(), expected_version,
+                  time.time() if now is None else now)
+    found: list[Diagnosis] = []
+    for row in RULES:
+        lines = row.rule(facts)
+        if lines is not None:
+            found.append(Diagnosis(row.code, row.summary, [x for x in lines if x], row.next_step))
+    if not found and facts.failed is not None and facts.failed.status in ("fail", "error"):
+        c = facts.close
+        lines = [f"{facts.failed.name}: {facts.failed.detail}"]
+        if c is not None:
+            lines.append(facts.close_line(c))
+        found.append(Diagnosis("unknown", "no rule explains this failure; the evidence is below", lines,
+                               "inspect the frames and close in the recording (stagewatch replay)"))
+    return found
+
+
+def describe_close(code: int) -> str:
+    info = describe(code)
+    return f"{info.code} {info.name}: {info.meaning}"

@@ -101,6 +101,7 @@ class ProbeRun:
         self.conn: _Conn | None = None
         self.token: authmod.TokenInfo | None = None
         self.answers: list[tuple[str, Any, Frame]] = []  # response-type frames since the last send
+        self.sent_headers: dict[str, str] = {}  # what the last upgrade request carried (for the echo check)
         self.frames_in = 0
         self.frames_out = 0
 
@@ -280,6 +281,9 @@ class ProbeRun:
         offered_shown = self.ctx.redactor.text(offered) if offered else None
         ev: dict[str, Any] = {"url": shown_url, "subprotocol_offered": offered_shown,
                               "token_sent": bool(token), "transport": list(self.p.token_transport) if token else []}
+        self.sent_headers = dict(headers)
+        if offered:
+            self.sent_headers["Sec-WebSocket-Protocol"] = ", ".join(subprotocols)
         if offered and not authmod.is_legal_subprotocol(offered):
             raise StageFailed("the subprotocol value is not a legal RFC 7230 token (padded base64 '=' or another "
                               "illegal character): browsers throw SyntaxError and refuse to send it",
@@ -305,6 +309,8 @@ class ProbeRun:
                       body=self.ctx.redactor.text(body), date=_header(r.headers, "Date"))
             if step.expect == "refused" and r.status_code in (401, 403):
                 return f"refused with HTTP {r.status_code} {r.reason_phrase} (as required)", ev
+            if r.status_code in (401, 403) and token:
+                ev["echo"] = await self._echo_check()
             raise StageFailed(f"HTTP {r.status_code} {r.reason_phrase} instead of 101 Switching Protocols", **ev) \
                 from None
         except NegotiationError as exc:
@@ -334,6 +340,7 @@ class ProbeRun:
         detail = f"101 in {_ms(start):.0f} ms"
         if offered and not echoed:
             ev["subprotocol_not_echoed"] = True
+            ev["echo"] = await self._echo_check()
             if self.p.require_subprotocol_echo:
                 raise StageFailed("101 but the server did not echo the offered subprotocol: browsers refuse this "
                                   "handshake (Python clients accept it)", **ev)
@@ -395,6 +402,8 @@ class ProbeRun:
         rcvd, sent = proto.close_rcvd, proto.close_sent
         if rcvd is not None:
             code, reason = rcvd.code, rcvd.reason
+        elif sent is not None and sent.code != 1000:  # we ended it for a reason (e.g. 1009 frame too big)
+            code, reason = sent.code, sent.reason or ""
         else:
             code, reason = 1006, ""
         if proto.close_rcvd_then_sent is True or (rcvd is not None and sent is None):
@@ -404,7 +413,8 @@ class ProbeRun:
         else:
             by = "none"
         closed = Closed(self._t(), self.probe.id, code, describe(code).name, self.ctx.redactor.text(reason), by,
-                        (time.monotonic() - conn.opened_at) * 1000.0, describe(code).on_wire and rcvd is not None)
+                        (time.monotonic() - conn.opened_at) * 1000.0,
+                        describe(code).on_wire and (rcvd is not None or code == getattr(sent, "code", None)))
         conn.closed = closed
         self._emit(closed)
         return closed
@@ -443,7 +453,32 @@ class ProbeRun:
             raise StageFailed(f"no {wanted[0]} within {limit:g} s", timeout=True,
                               waited_ms=_ms(start), skipped=skipped[-10:]) from None
         except _ConnClosed as closed:
-            raise StageFailed(self._close_detail(closed.close, wanted[0]), closed=True) from None
+            extra: dict[str, Any] = {}
+            if strict and ("Authorization" in self.sent_headers or "Sec-WebSocket-Protocol" in self.sent_headers):
+                extra["echo"] = await self._echo_check()
+            raise StageFailed(self._close_detail(closed.close, wanted[0]), closed=True, **extra) from None
+
+    async def _echo_check(self) -> dict[str, Any] | None:
+        """Ask the target's header-echo endpoint (if configured) whether our credentials reach the backend."""
+        path = self.p.echo_headers_path
+        if not path or not self.sent_headers or self.ctx.http is None:
+            return None
+        url = self.ctx.base_url + path
+        try:
+            self.ctx.check_host(url)
+            resp = await self.ctx.http.get(url, headers=self.sent_headers, timeout=self.ctx.target.timeouts.http)
+        except (httpx.HTTPError, HostNotAllowed) as exc:
+            return {"url": path, "error": type(exc).__name__}
+        result: dict[str, Any] = {"url": path, "status": resp.status_code}
+        value = parse_json(resp.text)
+        seen = value.get("headers") if isinstance(value, dict) and isinstance(value.get("headers"), dict) else value
+        if resp.status_code == 200 and isinstance(seen, dict):
+            names = {str(k).lower() for k in seen}
+            result["authorization_sent"] = "Authorization" in self.sent_headers
+            result["subprotocol_sent"] = "Sec-WebSocket-Protocol" in self.sent_headers
+            result["authorization_arrived"] = "authorization" in names
+            result["subprotocol_arrived"] = "sec-websocket-protocol" in names
+        return result
 
     async def _step_send(self, step: Step) -> tuple[str, dict[str, Any]]:
         conn = self.conn

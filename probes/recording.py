@@ -77,12 +77,12 @@ class Recorder:
     def _line(self, event: Event) -> str:
         wall = round(self.wall0 + event.t, 6)
         if type(event) is Frame and isinstance(event.data, str):  # the hot path in a flood
-            return (f'{{"type":"frame","t":{event.t},"wall":{wall},"probe_id":{json.dumps(event.probe_id)},'
+            return (f'{{"type":"frame","t":{event.t},"wall_ts":{wall},"probe_id":{json.dumps(event.probe_id)},'
                     f'"direction":"{event.direction}","ms":{event.ms},"size":{event.size},'
                     f'"data":{json.dumps(event.data, ensure_ascii=False)},'
                     f'"truncated":{"true" if event.truncated else "false"}}}\n')
         record = to_record(event)
-        record["wall"] = wall
+        record["wall_ts"] = wall
         return self.redactor.text(json.dumps(record, ensure_ascii=False, default=str)) + "\n"
 
     def handle(self, event: Event) -> None:
@@ -167,7 +167,7 @@ def read_recording(path: str | Path) -> Replay:
             record = json.loads(line.decode("utf-8", "surrogatepass"))
             if not isinstance(record, dict):
                 raise ValueError("not an object")
-            record.pop("wall", None)
+            record.pop("wall_ts", None)
             replay.events.append(from_record(record))
         except (ValueError, UnicodeDecodeError):
             if number == last:

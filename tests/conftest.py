@@ -1,0 +1,58 @@
+"""Shared test helpers: the packaged config with short timeouts, and a one-call run against the sandbox."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from probes.bus import EventBus
+from probes.config import Config, Timeouts, load_config, resolve_target
+from probes.events import Event, StageFinished
+from probes.report import RunSummary
+from probes.runner import RunOptions, RunResult, run_queue
+from probes.sandbox import SandboxOptions
+
+FAST = Timeouts(http=2, connect=2, ready=0.5, agent=0.6, response=0.3, close=0.5)
+
+
+@dataclass
+class Outcome:
+    result: RunResult
+    events: list[Event] = field(default_factory=list)
+    summary: RunSummary = field(default_factory=RunSummary)
+
+    def stage(self, probe: str, stage: str) -> StageFinished:
+        return next(e for e in self.events if isinstance(e, StageFinished) and e.probe_id == probe
+                    and e.stage == stage)
+
+    def failed_stage(self, probe: str) -> StageFinished | None:
+        return next((e for e in self.events if isinstance(e, StageFinished) and e.probe_id == probe
+                     and e.status in ("fail", "error")), None)
+
+    def probe(self, probe: str) -> dict:
+        return next(p for p in self.summary.to_json()["probes"] if p["id"] == probe)
+
+
+@pytest.fixture(scope="session")
+def packaged_config() -> Config:
+    return load_config(None)
+
+
+@pytest.fixture(scope="session")
+def fast_config(packaged_config: Config) -> Config:
+    return packaged_config.model_copy(update={"timeouts": FAST})
+
+
+async def run_sandbox(config: Config, fault: str = "none", *, only: tuple[str, ...] = (),
+                      sandbox: SandboxOptions | None = None, **options: object) -> Outcome:
+    bus = EventBus()
+    outcome = Outcome(result=None)  # type: ignore[arg-type]
+    bus.subscribe(outcome.events.append)
+    bus.subscribe(outcome.summary.handle)
+    target = resolve_target(config, "sandbox")
+    if sandbox is not None:
+        sandbox.fault = fault
+    run_options = RunOptions(fault=fault, only=only, sandbox_options=sandbox, **options)  # type: ignore[arg-type]
+    outcome.result = await run_queue(config, target, bus, run_options)
+    return outcome
