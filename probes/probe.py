@@ -686,21 +686,38 @@ def _os_error(exc: OSError) -> tuple[str, str]:
     return "os", f"{type(exc).__name__}: {exc.strerror or exc}"
 
 
+def _causes(exc: BaseException) -> list[BaseException]:
+    """The exception, its causes/contexts and, for exception groups, their members (depth-first)."""
+    seen: list[BaseException] = []
+    stack = [exc]
+    while stack and len(seen) < 32:
+        cur = stack.pop()
+        if any(cur is s for s in seen):
+            continue
+        seen.append(cur)
+        stack.extend(getattr(cur, "exceptions", ()) or ())
+        for nxt in (cur.__cause__, cur.__context__):
+            if nxt is not None:
+                stack.append(nxt)
+    return seen
+
+
 def _http_error(exc: httpx.HTTPError, timeout: float) -> tuple[str, str]:
     if isinstance(exc, httpx.TimeoutException):
         return "timeout", f"no answer within {timeout:g} s"
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, OSError):
-            return _os_error(cause)
-        cause = cause.__cause__ or cause.__context__
-    text = str(exc) or type(exc).__name__
+    causes = _causes(exc)
+    for kind in (ssl.SSLError, socket.gaierror, ConnectionRefusedError, ConnectionResetError):
+        found = next((c for c in causes if isinstance(c, kind)), None)
+        if found is not None:
+            return _os_error(found)  # type: ignore[arg-type]
+    text = " / ".join(dict.fromkeys(str(c) for c in causes if str(c))) or type(exc).__name__
     lower = text.lower()
-    if "certificate" in lower or "ssl" in lower or "tls" in lower:
+    if "certificate" in lower or "ssl" in lower or "tls" in lower or "wrong version number" in lower:
         return "tls", f"TLS error: {text}"
-    if "name or service not known" in lower or "nodename" in lower or "getaddrinfo" in lower:
+    if "name or service not known" in lower or "nodename" in lower or "getaddrinfo" in lower \
+            or "name resolution" in lower:
         return "dns", f"DNS lookup failed: {text}"
-    if "refused" in lower:
+    if "refused" in lower or "all connection attempts failed" in lower or "errno 111" in lower:
         return "refused", "connection refused"
     return "http", text
 

@@ -1,0 +1,223 @@
+"""Diagnosis rules, one by one: each sandbox fault (or loopback condition) yields its code as the first
+diagnosis with evidence; a healthy run yields none; the close-code table matches RFC 6455 and IANA."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import jwt
+import pytest
+
+from probes.bus import EventBus
+from probes.closecodes import CLOSE_CODES, NOT_ON_WIRE, describe, label
+from probes.config import Config, Target, resolve_target
+from probes.diagnosis import RULES, diagnose
+from probes.events import Closed, Diagnosed, ProbeStarted, StageFinished, StageStarted
+from probes.evidence import Evidence
+from probes.report import RunSummary
+from probes.runner import RunOptions, run_queue
+from probes.sandbox import Sandbox, SandboxOptions
+from tests.conftest import run_sandbox
+
+FAULT_DIAGNOSIS = {
+    "closed-before-ready": "closed-before-ready",
+    "auth-rejected": "auth-rejected",
+    "auth-close": "auth-rejected",
+    "strip-auth": "auth-header-stripped",
+    "clock-skew": "clock-skew",
+    "server-error": "server-error",
+    "abnormal-close": "abnormal-close",
+    "restart": "restart-during-run",
+    "version-mismatch": "version-mismatch",
+    "not-ready": "not-ready",
+    "no-upgrade": "no-upgrade",
+    "subprotocol-not-echoed": "subprotocol-not-echoed",
+    "missing-events": "missing-events",
+    "events-out-of-order": "events-out-of-order",
+    "slow-agent": "agent-timeout",
+    "empty-response": "empty-response",
+    "error-frame": "error-frame",
+    "garbage": "unexpected-frame",
+    "silent": "ready-timeout",
+    "huge-frame": "message-too-big",
+}
+
+
+def _diagnoses(out, probe="golden-path"):
+    found = [e for e in out.events if isinstance(e, Diagnosed) and e.probe_id == probe]
+    return list(found[0].diagnoses) if found else []
+
+
+@pytest.mark.parametrize("fault", list(FAULT_DIAGNOSIS))
+async def test_fault_names_its_diagnosis_first(fast_config, fault):
+    probe = "health" if fault in ("version-mismatch", "not-ready") else "golden-path"
+    out = await run_sandbox(fast_config, fault, only=(probe,), sandbox=SandboxOptions(delay=2.0))
+    diagnoses = _diagnoses(out, probe)
+    assert diagnoses, f"{fault}: no diagnosis"
+    first = diagnoses[0]
+    assert first["code"] == FAULT_DIAGNOSIS[fault], [d["code"] for d in diagnoses]
+    assert first["evidence"] and all(isinstance(x, str) and x for x in first["evidence"])
+    assert first["summary"] and first["next_step"]
+
+
+async def test_healthy_run_has_no_diagnosis(fast_config):
+    out = await run_sandbox(fast_config)
+    assert out.result.verdict == "pass"
+    assert not [e for e in out.events if isinstance(e, Diagnosed)]
+
+
+async def test_evidence_names_the_facts(fast_config):
+    out = await run_sandbox(fast_config, "closed-before-ready", only=("golden-path",))
+    first = _diagnoses(out)[0]
+    text = " ".join(first["evidence"])
+    assert "1000 Normal Closure" in text and "'main cleanup'" in text and "sent by the server" in text
+    assert "no connection_established frame before the close" in text
+    out = await run_sandbox(fast_config, "strip-auth", only=("golden-path",))
+    first = _diagnoses(out)[0]
+    assert "Authorization and Sec-WebSocket-Protocol" in first["evidence"][0]
+    out = await run_sandbox(fast_config, "clock-skew", only=("golden-path",))
+    assert "ahead of this machine's clock" in _diagnoses(out)[0]["evidence"][0]
+
+
+async def _run_url(config: Config, url: str, env: dict[str, str] | None = None, only=("golden-path",)):
+    bus = EventBus()
+    events: list = []
+    bus.subscribe(events.append)
+    target = resolve_target(config, url=url)
+    await run_queue(config, target, bus, RunOptions(only=only, env=env or {"JWT_SECRET_KEY": "k" * 32}))
+    return events
+
+
+def _first_code(events, probe="golden-path"):
+    d = [e for e in events if isinstance(e, Diagnosed) and e.probe_id == probe]
+    return d[0].diagnoses[0]["code"] if d else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_dns_or_refused_for_a_closed_port(fast_config):
+    events = await _run_url(fast_config, f"http://127.0.0.1:{_free_port()}", only=("health",))
+    assert _first_code(events, "health") == "dns-or-refused"
+
+
+async def test_tls_error_against_a_plain_server(fast_config):
+    async with Sandbox() as sb:
+        events = await _run_url(fast_config, f"https://127.0.0.1:{sb.port}", only=("health",))
+    assert _first_code(events, "health") == "tls-error"
+
+
+async def test_subprotocol_illegal(fast_config):
+    protocol = fast_config.protocol.model_copy(update={"subprotocol_template": "jwt/{token}"})
+    config = fast_config.model_copy(update={"protocol": protocol})
+    out = await run_sandbox(config, only=("golden-path",))
+    assert _diagnoses(out)[0]["code"] == "subprotocol-illegal"
+
+
+async def test_token_expired_from_the_environment(fast_config):
+    async with Sandbox(SandboxOptions(secret="s" * 32)) as sb:
+        expired = jwt.encode({"sub": "u", "iat": int(time.time()) - 7200, "exp": int(time.time()) - 3600},
+                             "s" * 32, algorithm="HS256")
+        auth = fast_config.auth.model_copy(update={"mode": "env"})
+        config = fast_config.model_copy(update={"auth": auth})
+        events = await _run_url(config, sb.base_url, env={"STAGEWATCH_TOKEN": expired})
+    assert _first_code(events) == "token-expired"
+
+
+async def test_auth_not_enforced(fast_config):
+    probe = next(p for p in fast_config.probes if p.id == "auth-required")
+    step = probe.steps[0].model_copy(update={"token": "default"})
+    config = fast_config.model_copy(update={"probes": [probe.model_copy(update={"steps": [step]})]})
+    out = await run_sandbox(config)
+    assert _diagnoses(out, "auth-required")[0]["code"] == "auth-not-enforced"
+
+
+def _synthetic(close_code: int, after_ms: float, by: str = "none", stage: str = "agent",
+               step: str = "expect_events") -> Evidence:
+    ev = Evidence()
+    ev.add(ProbeStarted(0, "p", "p", 1, (stage,)))
+    ev.add(StageStarted(0, "p", stage, step))
+    ev.add(Closed(1, "p", close_code, describe(close_code).name, "", by, after_ms, close_code not in NOT_ON_WIRE))
+    ev.add(StageFinished(1, "p", stage, "fail", after_ms, "closed", {"closed": True}))
+    return ev
+
+
+@pytest.mark.parametrize("seconds", [30, 60, 300, 3600])
+def test_lifetime_matches_proxy_timer(seconds):
+    found = diagnose(_synthetic(1006, seconds * 1000 + 120))
+    assert found[0].code == "lifetime-matches-proxy-timer"
+    assert f"{seconds}" in " ".join(found[0].evidence)
+
+
+def test_abnormal_close_off_the_timers_is_not_a_proxy_timer():
+    found = diagnose(_synthetic(1006, 42_000))
+    assert [d.code for d in found] == ["abnormal-close"]
+
+
+def test_going_away_at_a_proxy_timer_and_elsewhere():
+    assert diagnose(_synthetic(1001, 60_400, "server"))[0].code == "lifetime-matches-proxy-timer"
+    assert diagnose(_synthetic(1001, 12_000, "server"))[0].code == "restart-during-run"
+
+
+def test_application_auth_close_codes():
+    for code in (4001, 4003):
+        assert diagnose(_synthetic(code, 20, "server", "handshake", "expect"))[0].code == "auth-rejected"
+
+
+def test_try_again_later_is_not_ready():
+    assert diagnose(_synthetic(1013, 20, "server", "handshake", "expect"))[0].code == "not-ready"
+
+
+def test_unexplained_failure_is_unknown_not_a_guess():
+    ev = Evidence()
+    ev.add(StageStarted(0, "p", "x", "send"))
+    ev.add(StageFinished(0, "p", "x", "fail", 1.0, "something odd", {}))
+    found = diagnose(ev)
+    assert [d.code for d in found] == ["unknown"]
+
+
+def test_every_rule_has_a_stable_code_summary_and_next_step():
+    codes = [r.code for r in RULES]
+    assert len(codes) == len(set(codes))
+    required = {"dns-or-refused", "tls-error", "not-ready", "version-mismatch", "no-upgrade", "auth-rejected",
+                "auth-header-stripped", "token-expired", "clock-skew", "subprotocol-not-echoed",
+                "subprotocol-illegal", "closed-before-ready", "server-error", "abnormal-close",
+                "lifetime-matches-proxy-timer", "agent-timeout", "missing-events", "events-out-of-order",
+                "empty-response", "restart-during-run"}
+    assert required <= set(codes)
+    assert all(r.summary and r.next_step for r in RULES)
+
+
+# RFC 6455 §7.4.1 and the IANA WebSocket Close Code Number Registry.
+IANA = {1000: "Normal Closure", 1001: "Going Away", 1002: "Protocol Error", 1003: "Unsupported Data",
+        1004: "Reserved", 1005: "No Status Received", 1006: "Abnormal Closure",
+        1007: "Invalid Frame Payload Data", 1008: "Policy Violation", 1009: "Message Too Big",
+        1010: "Mandatory Extension", 1011: "Internal Error", 1012: "Service Restart", 1013: "Try Again Later",
+        1014: "Bad Gateway", 1015: "TLS Handshake"}
+
+
+def test_close_code_table_matches_the_registry():
+    assert {c: i.name for c, i in CLOSE_CODES.items()} == IANA
+    assert NOT_ON_WIRE == {1004, 1005, 1006, 1015}
+    assert label(1006) == "1006 Abnormal Closure (not sent by the peer)"
+    assert label(1000) == "1000 Normal Closure"
+    assert describe(3001).name.startswith("Registered") and describe(4403).name == "Application"
+    assert describe(2000).name == "Unassigned" and not describe(999).on_wire and not describe(5000).on_wire
+
+
+def test_summary_keeps_diagnoses_per_probe():
+    summary = RunSummary()
+    summary.handle(ProbeStarted(0, "p", "p", 1, ("s",)))
+    summary.handle(Diagnosed(0, "p", ({"code": "x", "summary": "y", "evidence": [], "next_step": ""},)))
+    assert summary.to_json()["probes"][0]["diagnoses"][0]["code"] == "x"
+
+
+def test_rules_are_pure(fast_config):
+    ev = _synthetic(1011, 10, "server")
+    assert diagnose(ev) == diagnose(ev)
+    asyncio.get_event_loop_policy()  # no loop needed: rules never touch the network
