@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,10 @@ import platformdirs
 
 
 def handoff_path(port: int) -> Path:
-    return Path(platformdirs.user_runtime_dir("stagewatch", ensure_exists=False)) / f"sandbox-{port}.json"
+    with warnings.catch_warnings():  # no XDG_RUNTIME_DIR (containers, ssh): platformdirs falls back quietly
+        warnings.simplefilter("ignore")
+        base = platformdirs.user_runtime_dir("stagewatch", ensure_exists=False)
+    return Path(base) / f"sandbox-{port}.json"
 
 
 def write_handoff(port: int, secret: str, release_build: str) -> Path:

@@ -1,0 +1,132 @@
+"""The command line as a user runs it: a standalone sandbox in one process, `stagewatch run --url` in another;
+exit codes, the stage lines, the JSON report, and usage errors without tracebacks."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+STAGEWATCH = [sys.executable, "-m", "tui.cli"]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("JWT_SECRET_KEY", "STAGEWATCH_CONFIG", "NO_COLOR")}
+    env.update(extra)
+    return env
+
+
+def _stagewatch(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60):
+    return subprocess.run([*STAGEWATCH, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                          env=env or _env(PYTHONPATH=str(ROOT)))
+
+
+@pytest.fixture
+def standalone_sandbox(request, tmp_path):
+    """`stagewatch sandbox --fault F --port P` as a real process; yields its base URL."""
+    procs = []
+
+    def start(fault: str = "none") -> str:
+        port = _free_port()
+        proc = subprocess.Popen([*STAGEWATCH, "sandbox", "--fault", fault, "--port", str(port)], cwd=tmp_path,
+                                env=_env(PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+        procs.append(proc)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # the banner is printed once it listens
+        assert line.startswith("stagewatch sandbox on"), line
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_run_against_the_embedded_sandbox_passes(tmp_path):
+    start = time.monotonic()
+    proc = _stagewatch("run", "--no-record", "--json", "r.json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert time.monotonic() - start < 10
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("stagewatch → sandbox")
+    assert any(line.startswith("P1 golden-path    handshake    pass") for line in lines)
+    assert lines[-1].startswith("verdict: PASS — 6/6 probes passed")
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["verdict"] == "pass" and len(report["probes"]) == 6
+
+
+@pytest.mark.parametrize("fault,stage,shown,code", [
+    ("closed-before-ready", "handshake", "1000 Normal Closure", "closed-before-ready"),
+    ("auth-rejected", "connect", "HTTP 403 Forbidden", "auth-rejected"),
+    ("server-error", "agent", "1011 Internal Error", "server-error"),
+    ("version-mismatch", "health", "2026.10.02-stale", "version-mismatch"),
+    ("strip-auth", "connect", "HTTP 401", "auth-header-stripped"),
+])
+def test_run_url_against_a_standalone_sandbox_fails_at_the_fault(standalone_sandbox, tmp_path, fault, stage,
+                                                                 shown, code):
+    url = standalone_sandbox(fault)
+    proc = _stagewatch("run", "--url", url, "--only", "golden-path", "--no-record", "--json", "r.json",
+                       "--junit", "r.xml", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    fail_line = next(line for line in proc.stdout.splitlines() if " FAIL " in line)
+    assert fail_line.startswith(f"P1 golden-path    {stage:<12} FAIL") and shown in fail_line
+    assert f"diagnosis    {code}:" in proc.stdout
+    report = json.loads((tmp_path / "r.json").read_text())
+    golden = report["probes"][0]
+    failed = next(s for s in golden["stages"] if s["status"] == "fail")
+    assert failed["name"] == stage and shown in failed["detail"]
+    assert golden["diagnoses"][0]["code"] == code
+    assert f'type="{code}"' in (tmp_path / "r.xml").read_text()
+
+
+def test_standalone_sandbox_healthy_passes_with_jwt_secret_from_env(tmp_path):
+    port = _free_port()
+    env = _env(PYTHONPATH=str(ROOT), JWT_SECRET_KEY="a-test-secret-that-is-long-enough-32b")
+    server = subprocess.Popen([*STAGEWATCH, "sandbox", "--port", str(port)], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None and "stagewatch sandbox on" in server.stdout.readline()
+        proc = _stagewatch("run", "--url", f"http://127.0.0.1:{port}", "--no-record", cwd=tmp_path, env=env)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "minted HS256 with $JWT_SECRET_KEY" in proc.stdout
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_wrong_secret_is_auth_rejected(standalone_sandbox, tmp_path):
+    url = standalone_sandbox()
+    proc = _stagewatch("run", "--url", url, "--only", "golden-path", "--no-record", cwd=tmp_path,
+                       env=_env(PYTHONPATH=str(ROOT), JWT_SECRET_KEY="not-the-sandbox-secret-at-all-xx"))
+    assert proc.returncode == 1
+    assert "diagnosis    auth-rejected:" in proc.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["run", "--target", "nope"], "no target named 'nope'"),
+    (["run", "--only", "nope"], "--only: no probe named 'nope'"),
+    (["run", "--url", "ftp://x"], "is not a valid URL"),
+    (["run", "--target", "staging"], "STAGING_BASE_URL is not set"),
+    (["run", "--url", "https://api.example.com"], "looks like production"),
+    (["run", "--url", "http://127.0.0.1:1", "--fault", "garbage"], "--fault applies to the embedded sandbox"),
+])
+def test_usage_errors_exit_2_with_one_line(tmp_path, args, message):
+    proc = _stagewatch(*args, "--no-record", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
