@@ -53,22 +53,24 @@ class Evidence:
     def stage(self, name: str) -> StageOutcome | None:
         return next((s for s in self.stages if s.name == name), None)
 
-    def add(self, event: Event) -> None:
+    def add(self, event: Event | Frame) -> None:
         """Fold one event of this probe into the evidence (used live and on replay)."""
-        if isinstance(event, StageStarted):
-            self._steps[event.stage] = event.step
-        elif isinstance(event, StageFinished):
-            self.stages.append(StageOutcome(event.stage, self._steps.get(event.stage, ""), event.status,
-                                            event.duration_ms, event.detail, dict(event.evidence)))
-        elif isinstance(event, Frame):
+        if type(event) is Frame:  # the hot path
             if event.direction == "in":
                 self.frames_in += 1
             else:
                 self.frames_out += 1
             if not self.closes:
-                self.last_frames.append(event)
-                if len(self.last_frames) > self.KEEP_FRAMES * 2:
-                    del self.last_frames[: -self.KEEP_FRAMES]
+                frames = self.last_frames
+                frames.append(event)
+                if len(frames) > self.KEEP_FRAMES * 4:
+                    del frames[: -self.KEEP_FRAMES]
+            return
+        if isinstance(event, StageStarted):
+            self._steps[event.stage] = event.step
+        elif isinstance(event, StageFinished):
+            self.stages.append(StageOutcome(event.stage, self._steps.get(event.stage, ""), event.status,
+                                            event.duration_ms, event.detail, dict(event.evidence)))
         elif isinstance(event, HttpExchange):
             self.http.append(event)
         elif isinstance(event, WsOpened):

@@ -7,21 +7,24 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import re
 import socket
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import httpx
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 from websockets.exceptions import (ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI,
                                    NegotiationError)
 
 from . import auth as authmod
 from .bus import EventBus
+from .clock import Clock
 from .closecodes import describe
 from .config import ProbeDef, ResolvedTarget, Step
 from .events import (Closed, Frame, HttpExchange, ProbeFinished, ProbeStarted, StageFinished, StageStarted,
@@ -29,6 +32,7 @@ from .events import (Closed, Frame, HttpExchange, ProbeFinished, ProbeStarted, S
 from .evidence import Evidence
 from .frames import frame_type, get_path, parse_json
 from .redact import Redactor
+from .wire import TappedConnection
 
 FRAME_KEEP = 64 * 1024  # bytes of each frame kept in events (the size is always exact)
 BODY_KEEP = 2048  # bytes of a failed upgrade's body kept as evidence
@@ -54,7 +58,7 @@ class RunContext:
     target: ResolvedTarget
     base_url: str  # the real http(s) base URL (the sandbox's address when embedded)
     bus: EventBus
-    clock: Callable[[], float]
+    clock: Clock
     redactor: Redactor
     env: Mapping[str, str]
     expected_version: str | None = None
@@ -83,13 +87,24 @@ class RunContext:
         return parts.port if parts.hostname in LOOPBACK else None
 
 
+OTHER = "\x00other"  # type marker: a frame that mentions no protocol type we wait for (not parsed)
+
+
 @dataclass
 class _Conn:
-    ws: ClientConnection
+    ws: TappedConnection
     opened_at: float  # monotonic, when the 101 arrived
     url: str
     closed: Closed | None = None
-    inbox: list[tuple[str, Any, Frame]] = field(default_factory=list)  # frames read but not consumed
+    lost: bool = False
+    first_seen: bool = False
+    other: int = 0  # frames of no awaited type, after the first
+    inbox: deque[tuple[str | None, Any, Frame]] = field(default_factory=deque)  # read, not yet consumed
+    waiter: asyncio.Future[None] | None = None
+
+    def wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
 
 
 class ProbeRun:
@@ -104,6 +119,9 @@ class ProbeRun:
         self.sent_headers: dict[str, str] = {}  # what the last upgrade request carried (for the echo check)
         self.frames_in = 0
         self.frames_out = 0
+        p = self.p
+        names = {p.ready_type, p.final_event, *p.agent_events, *p.error_types, *p.response_types}
+        self._interesting = re.compile("|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)))
 
     # --- events -------------------------------------------------------------------------------------
     def _emit(self, event: Any) -> None:
@@ -301,7 +319,7 @@ class ProbeRun:
         try:
             ws = await connect(url, subprotocols=subprotocols or None, additional_headers=headers,
                                open_timeout=step.timeout or self.ctx.target.timeouts.connect,
-                               max_size=self.p.max_frame_bytes, max_queue=64, **kwargs)
+                               max_size=self.p.max_frame_bytes, create_connection=TappedConnection, **kwargs)
         except InvalidStatus as exc:
             r = exc.response
             body = bytes(r.body or b"")[:BODY_KEEP].decode("utf-8", "replace")
@@ -334,7 +352,9 @@ class ProbeRun:
         self._emit(WsOpened(self._t(), self.probe.id, shown_url, offered_shown, ev["subprotocol_echoed"],
                             self.ctx.redactor.headers(ws.request.headers.raw_items()) if ws.request else {},
                             ev["response_headers"]))
-        self.conn = _Conn(ws, opened, shown_url)
+        assert isinstance(ws, TappedConnection)
+        conn = self.conn = _Conn(ws, opened, shown_url)
+        ws.attach(lambda data: self._on_message(conn, data), lambda: self._on_lost(conn))
         if step.expect == "refused":
             return await self._await_refusal(step, ev)
         detail = f"101 in {_ms(start):.0f} ms"
@@ -368,30 +388,57 @@ class ProbeRun:
             raise StageFailed(f"closed {c.code} {describe(c.code).name} '{c.reason}' — expected 401/403 or close "
                               "1008/4xxx for a connection without a token", **ev) from None
 
-    async def _next(self) -> tuple[str | None, Any, Frame]:
-        """The next frame (from the inbox first). Raises _ConnClosed when the connection ends."""
-        conn = self.conn
-        if conn is None:
-            raise StageFailed("no open connection (a connect stage must come first)", "error")
-        if conn.inbox:
-            return conn.inbox.pop(0)
-        if conn.closed is not None:
-            raise _ConnClosed(conn.closed)
-        try:
-            data = await conn.ws.recv()
-        except ConnectionClosed as exc:
-            raise _ConnClosed(self._record_close(exc)) from None
-        now = time.monotonic()
+    def _on_message(self, conn: _Conn, data: str | bytes) -> None:
+        """Called by the connection for every whole message, synchronously, as the socket is read."""
         self.frames_in += 1
+        now = time.monotonic()
         size = len(data)
         truncated = size > FRAME_KEEP
         kept = data[:FRAME_KEEP] if truncated else data
-        if isinstance(kept, str):
+        if type(kept) is str:
             kept = self.ctx.redactor.text(kept)
-        frame = Frame(self._t(), self.probe.id, "in", (now - conn.opened_at) * 1000.0, size, kept, truncated)
-        self._emit(frame)
-        value = parse_json(data) if isinstance(data, str) else None
-        return frame_type(value, self.p.type_field), value, frame
+        frame = Frame(now - self.ctx.clock.start, self.probe.id, "in", (now - conn.opened_at) * 1000.0,
+                      size, kept, truncated)
+        self.evidence.add(frame)
+        self.ctx.bus.publish(frame)
+        if type(data) is str and self._interesting.search(data) is not None:
+            value = parse_json(data)
+            conn.inbox.append((frame_type(value, self.p.type_field), value, frame))
+        elif conn.first_seen:
+            conn.other += 1  # filler: counted, published and recorded, but no stage waits for it
+            return
+        else:  # the first frame always reaches the handshake check, whatever it is
+            conn.inbox.append((OTHER if type(data) is str else None, None, frame))
+        conn.first_seen = True
+        conn.wake()
+
+    def _on_lost(self, conn: _Conn) -> None:
+        conn.lost = True
+        conn.wake()
+
+    async def _next(self) -> tuple[str | None, Any, Frame]:
+        """The next message, or _ConnClosed once the connection has ended and every message was read."""
+        conn = self.conn
+        if conn is None:
+            raise StageFailed("no open connection (a connect stage must come first)", "error")
+        while True:
+            if conn.inbox:
+                return conn.inbox.popleft()
+            if conn.closed is not None:
+                raise _ConnClosed(conn.closed)
+            if conn.lost:
+                raise _ConnClosed(self._record_close())
+            conn.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await conn.waiter
+            finally:
+                conn.waiter = None
+
+    def _real_type(self, t: str | None, frame: Frame) -> str | None:
+        """The type of a frame that `_on_message` did not parse (only needed for error messages)."""
+        if t != OTHER:
+            return t
+        return frame_type(parse_json(frame.data), self.p.type_field)
 
     def _record_close(self, exc: ConnectionClosed | None = None) -> Closed:
         conn = self.conn
@@ -445,10 +492,11 @@ class ProbeRun:
                         raise StageFailed(f"error frame instead of {wanted[0]}: {_error_text(value)}",
                                           error_frame=_error_text(value), frame_type=t)
                     if strict:
+                        t = self._real_type(t, frame)
                         shown = t or ("binary" if isinstance(frame.data, bytes) else "non-JSON text")
                         raise StageFailed(f"first frame was {shown}, expected {wanted[0]}", frame_type=shown,
                                           wrong_type=True)
-                    skipped.append(t or "?")
+                    skipped.append(self._real_type(t, frame) or "?")
         except TimeoutError:
             raise StageFailed(f"no {wanted[0]} within {limit:g} s", timeout=True,
                               waited_ms=_ms(start), skipped=skipped[-10:]) from None
@@ -507,6 +555,8 @@ class ProbeRun:
         seen: list[tuple[str, float]] = []
         other = 0
         start = time.monotonic()
+        conn = self.conn
+        other_before = conn.other if conn is not None else 0
 
         def progress() -> dict[str, Any]:
             return {"events": [[t, round(ms, 1)] for t, ms in seen[:50]], "other_frames": other,
@@ -533,6 +583,8 @@ class ProbeRun:
                               waited_ms=_ms(start), **progress()) from None
         except _ConnClosed as closed:
             raise StageFailed(self._close_detail(closed.close, final), closed=True, **progress()) from None
+        if conn is not None:
+            other += conn.other - other_before
         ev = progress()
         if ev["missing"]:
             raise StageFailed(f"{final} arrived but {', '.join(ev['missing'])} never did", missing_events=True,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from .events import (Closed, Event, Frame, Notice, ProbeFinished, RunFinished, S
 from .redact import Redactor
 
 FLUSH_INTERVAL = 0.1
+FLUSH_BYTES = 1 << 20  # also hand a batch to the OS once this much is buffered (floods of large frames)
 _BOUNDARIES = (StageStarted, StageFinished, Closed, ProbeFinished, RunFinished, Notice)
 
 
@@ -33,8 +35,27 @@ def default_recording_path(target: str, now: float | None = None) -> Path:
     return Path(platformdirs.user_data_dir("stagewatch")) / "recordings" / f"{stamp}-{safe}.jsonl"
 
 
+def encode_lines(lines: list[str]) -> bytes:
+    """UTF-8 bytes of JSON lines; a line holding lone surrogates is re-serialised with \\u escapes."""
+    text = "".join(lines)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return b"".join(_safe_line(line) for line in lines)
+
+
+def _safe_line(line: str) -> bytes:
+    try:
+        return line.encode("utf-8")
+    except UnicodeEncodeError:
+        return (json.dumps(json.loads(line), ensure_ascii=True) + "\n").encode("ascii")
+
+
 class Recorder:
-    """Subscribe `recorder.handle` to the bus; `await recorder.start()` for the 100 ms timer; `close()` at end."""
+    """Subscribe `recorder.handle` to the bus; `await recorder.start()` for the 100 ms timer; `close()` at end.
+
+    Lines are appended to `path` (created 0600 if new; an existing regular file is made 0600).
+    """
 
     def __init__(self, path: Path, redactor: Redactor | None = None, wall0: float | None = None,
                  notify: Callable[[Event], None] | None = None) -> None:
@@ -44,7 +65,10 @@ class Recorder:
         self.notify = notify
         self.error: str | None = None
         self.lines_written = 0
+        self.writes = 0  # os.write calls, for the "no syscall per frame" check
         self._buf: list[str] = []
+        self._buffered = 0
+        self._last_t = 0.0
         self._last_flush = time.monotonic()
         self._fd: int | None = None
         self._timer: asyncio.Task[None] | None = None
@@ -53,14 +77,21 @@ class Recorder:
     def _open(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            os.fchmod(self._fd, 0o600)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            self._fail(f"cannot record to {self.path}: {exc.strerror or exc}")
+            return
+        self._fd = fd
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode):  # never chmod a device such as /dev/full
+                os.fchmod(fd, 0o600)
         except OSError as exc:
             self._fail(f"cannot record to {self.path}: {exc.strerror or exc}")
 
     def _fail(self, message: str) -> None:
         self.error = message
         self._buf.clear()
+        self._buffered = 0
         if self._fd is not None:
             try:
                 os.close(self._fd)
@@ -68,7 +99,7 @@ class Recorder:
                 pass
             self._fd = None
         if self.notify is not None:
-            self.notify(Notice(0.0, "warning", message + " — recording stopped, the run goes on"))
+            self.notify(Notice(self._last_t, "warning", message + " — recording stopped, the run goes on"))
 
     @property
     def active(self) -> bool:
@@ -77,36 +108,44 @@ class Recorder:
     def _line(self, event: Event) -> str:
         wall = round(self.wall0 + event.t, 6)
         if type(event) is Frame and isinstance(event.data, str):  # the hot path in a flood
+            data = self.redactor.text(event.data)
             return (f'{{"type":"frame","t":{event.t},"wall_ts":{wall},"probe_id":{json.dumps(event.probe_id)},'
                     f'"direction":"{event.direction}","ms":{event.ms},"size":{event.size},'
-                    f'"data":{json.dumps(event.data, ensure_ascii=False)},'
+                    f'"data":{json.dumps(data, ensure_ascii=False)},'
                     f'"truncated":{"true" if event.truncated else "false"}}}\n')
-        record = to_record(event)
+        record = self.redactor.tree(to_record(event))
         record["wall_ts"] = wall
-        return self.redactor.text(json.dumps(record, ensure_ascii=False, default=str)) + "\n"
+        return json.dumps(record, ensure_ascii=False, default=str) + "\n"
 
     def handle(self, event: Event) -> None:
         if self._fd is None:
             return
+        self._last_t = event.t
         try:
-            self._buf.append(self._line(event))
-        except (TypeError, ValueError) as exc:  # an unserialisable value must not stop the run
-            self._buf.append(json.dumps({"type": "notice", "t": event.t, "level": "warning",
-                                         "message": f"event not recorded: {exc}"}) + "\n")
-        if isinstance(event, _BOUNDARIES) or time.monotonic() - self._last_flush >= FLUSH_INTERVAL:
+            line = self._line(event)
+        except (TypeError, ValueError, RecursionError) as exc:  # an unserialisable value must not stop the run
+            line = json.dumps({"type": "notice", "t": event.t, "level": "warning",
+                               "message": f"{event.kind} event not recorded: {type(exc).__name__}"}) + "\n"
+        self._buf.append(line)
+        self._buffered += len(line)
+        if (isinstance(event, _BOUNDARIES) or self._buffered >= FLUSH_BYTES
+                or time.monotonic() - self._last_flush >= FLUSH_INTERVAL):
             self.flush()
 
     def flush(self) -> None:
+        """Hand everything buffered to the OS in one write (a kill -9 after this loses none of it)."""
         self._last_flush = time.monotonic()
         if self._fd is None or not self._buf:
             return
-        data = "".join(self._buf).encode("utf-8", "surrogatepass")
+        data = encode_lines(self._buf)
         count = len(self._buf)
         self._buf.clear()
+        self._buffered = 0
         try:
             view = memoryview(data)
             while view:
                 written = os.write(self._fd, view)
+                self.writes += 1
                 view = view[written:]
             self.lines_written += count
         except OSError as exc:
@@ -114,13 +153,13 @@ class Recorder:
 
     async def start(self) -> None:
         """Flush every 100 ms while events trickle in between boundaries."""
-        if self._timer is None:
+        if self._timer is None and self._fd is not None:
             self._timer = asyncio.get_running_loop().create_task(self._tick())
 
     async def _tick(self) -> None:
-        while True:
+        while self._fd is not None:
             await asyncio.sleep(FLUSH_INTERVAL)
-            if self._buf and time.monotonic() - self._last_flush >= FLUSH_INTERVAL:
+            if self._buf:
                 self.flush()
 
     def close(self) -> None:
@@ -129,7 +168,10 @@ class Recorder:
             self._timer = None
         self.flush()
         if self._fd is not None:
-            os.close(self._fd)
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
             self._fd = None
 
 

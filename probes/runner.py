@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from .bus import EventBus
+from .clock import Clock
 from .config import Config, ProbeDef, ResolvedTarget
 from .events import ProbeFinished, ProbeStarted, RunFinished, RunStarted, StageFinished, StageStarted
 from .probe import LOOPBACK, ProbeRun, RunContext
@@ -39,17 +40,6 @@ class RunResult:
     verdict: str
     probes: list[ProbeFinished] = field(default_factory=list)
     base_url: str = ""
-
-
-class Clock:
-    """Seconds since the session started, on the monotonic clock; `wall` is the epoch time at zero."""
-
-    def __init__(self) -> None:
-        self.start = time.monotonic()
-        self.wall = time.time()
-
-    def __call__(self) -> float:
-        return round(time.monotonic() - self.start, 6)
 
 
 def select_probes(config: Config, options: RunOptions) -> list[ProbeDef]:

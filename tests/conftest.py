@@ -56,3 +56,20 @@ async def run_sandbox(config: Config, fault: str = "none", *, only: tuple[str, .
     run_options = RunOptions(fault=fault, only=only, sandbox_options=sandbox, **options)  # type: ignore[arg-type]
     outcome.result = await run_queue(config, target, bus, run_options)
     return outcome
+
+
+async def _url_run(config: Config, url: str, only: tuple[str, ...], *, skip_health: bool = False,
+                   env: dict[str, str] | None = None) -> list[Event]:
+    """Run probes against any loopback server with the default protocol and a known JWT secret."""
+    if skip_health:
+        probes = []
+        for p in config.probes:
+            steps = [s for s in p.steps if s.step != "http"] or p.steps
+            probes.append(p.model_copy(update={"steps": steps}))
+        config = config.model_copy(update={"probes": probes})
+    bus = EventBus()
+    events: list[Event] = []
+    bus.subscribe(events.append)
+    target = resolve_target(config, url=url)
+    await run_queue(config, target, bus, RunOptions(only=only, env=env or {"JWT_SECRET_KEY": "k" * 32}))
+    return events

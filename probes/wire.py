@@ -1,0 +1,98 @@
+"""The WebSocket connection the probes use: websockets' client connection with a synchronous message tap.
+
+`websockets` hands each parsed frame to `process_event` while it handles a socket read. Instead of queuing data
+messages for `recv()` (one future and one task wake-up per message), `TappedConnection` reassembles them here and
+passes each whole message straight to a sink, so a probe consumes a flood in batches per socket read. Everything
+else — the handshake, control frames, ping/pong, max_size (1009), the close handshake — stays websockets' own.
+Text messages that are not valid UTF-8 fail the connection with 1007, as websockets' own `recv()` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from websockets.asyncio.client import ClientConnection
+from websockets.frames import CloseCode, Frame, Opcode
+
+Sink = Callable[[str | bytes], None]
+MAX_FRAGMENTS = 4096
+
+
+class TappedConnection(ClientConnection):
+    """Pass `create_connection=TappedConnection` to `websockets.asyncio.client.connect`; then set `sink`."""
+
+    sink: Sink | None = None
+    on_lost: Callable[[], None] | None = None
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._early: list[str | bytes] = []  # messages that arrived before a sink was attached
+        self._fragments: list[bytes] = []
+        self._fragment_opcode: Opcode | None = None
+
+    def attach(self, sink: Sink, on_lost: Callable[[], None]) -> None:
+        """Start delivering messages (first any that arrived with the handshake response)."""
+        self.sink = sink
+        self.on_lost = on_lost
+        early, self._early = self._early, []
+        for message in early:
+            sink(message)
+        if self.protocol.state.name == "CLOSED" and self.connection_lost_waiter.done():
+            on_lost()
+
+    def process_event(self, event: object) -> None:
+        if type(event) is not Frame or self.response is None:
+            super().process_event(event)  # type: ignore[arg-type]
+            return
+        opcode = event.opcode
+        if opcode is Opcode.TEXT and event.fin and self.sink is not None:  # the common case, inlined
+            try:
+                message = bytes(event.data).decode()
+            except UnicodeDecodeError as exc:
+                self._fail(CloseCode.INVALID_DATA, f"{exc.reason} at position {exc.start}")
+                return
+            self.sink(message)
+            return
+        if opcode is not Opcode.TEXT and opcode is not Opcode.BINARY and opcode is not Opcode.CONT:
+            super().process_event(event)  # control frames: ping, pong, close
+            return
+        if opcode is not Opcode.CONT and event.fin:
+            self._deliver(opcode, bytes(event.data))
+            return
+        if opcode is not Opcode.CONT:
+            self._fragment_opcode, self._fragments = opcode, []
+        self._fragments.append(bytes(event.data))
+        if len(self._fragments) > MAX_FRAGMENTS:
+            self._fail(CloseCode.MESSAGE_TOO_BIG, "too many fragments")
+            return
+        if event.fin and self._fragment_opcode is not None:
+            opcode, data = self._fragment_opcode, b"".join(self._fragments)
+            self._fragment_opcode, self._fragments = None, []
+            self._deliver(opcode, data)
+
+    def _deliver(self, opcode: Opcode, data: bytes) -> None:
+        message: str | bytes
+        if opcode is Opcode.TEXT:
+            try:
+                message = data.decode()
+            except UnicodeDecodeError as exc:
+                self._fail(CloseCode.INVALID_DATA, f"{exc.reason} at position {exc.start}")
+                return
+        else:
+            message = data
+        if self.sink is None:
+            self._early.append(message)
+        else:
+            self.sink(message)
+
+    def _fail(self, code: CloseCode, reason: str) -> None:
+        self.protocol.fail(code, reason)
+        try:
+            self.send_data()
+        except Exception as exc:  # the transport is gone: connection_lost follows
+            self.set_connection_exc(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self.on_lost is not None:
+            self.on_lost()
