@@ -51,6 +51,15 @@ class HostNotAllowed(Exception):
     """A probe tried to reach a host outside the selected target."""
 
 
+def ws_url_for(target: ResolvedTarget, base_url: str) -> str:
+    """The WebSocket URL: the target's ws_url, or base_url with ws(s):// and the protocol's ws_path."""
+    if target.ws_url:
+        return target.ws_url
+    parts = urlsplit(base_url)
+    scheme = "wss" if parts.scheme == "https" else "ws"
+    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + target.protocol.ws_path, "", ""))
+
+
 @dataclass
 class RunContext:
     """What all probes of one run share."""
@@ -69,12 +78,7 @@ class RunContext:
 
     @property
     def ws_url(self) -> str:
-        if self.target.ws_url:
-            return self.target.ws_url
-        parts = urlsplit(self.base_url)
-        scheme = "wss" if parts.scheme == "https" else "ws"
-        path = parts.path.rstrip("/") + self.target.protocol.ws_path
-        return urlunsplit((scheme, parts.netloc, path, "", ""))
+        return ws_url_for(self.target, self.base_url)
 
     def check_host(self, url: str) -> None:
         host = (urlsplit(url).hostname or "").lower()

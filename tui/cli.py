@@ -218,6 +218,24 @@ def sandbox(host: str, port: int, fault: str, flood_count: int | None, delay: fl
 
 
 @main.command()
+@target_options
+@click.option("--python", "as_python", is_flag=True, help="Print a Python script instead of a websocat command.")
+def repro(config_path: str | None, target: str | None, url: str | None, fault: str, expect_version: str | None,
+          fail_fast: bool, only: tuple[str, ...], max_priority: int | None, insecure: bool, allow_production: bool,
+          as_python: bool) -> None:
+    """Print the golden path as a websocat command (or Python script) to reproduce by hand. No token shown."""
+    from probes.probe import ws_url_for
+    from probes.repro import python_script, websocat
+
+    config = _config(config_path)
+    resolved = _target(config, target, url, allow_production=allow_production, insecure=insecure)
+    if resolved.is_sandbox:
+        fail("the embedded sandbox lives only inside a run; start `stagewatch sandbox` and use --url")
+    ws = ws_url_for(resolved, resolved.base_url)
+    click.echo(python_script(resolved, ws) if as_python else websocat(resolved, ws))
+
+
+@main.command()
 @click.option("--config", "config_path", metavar="PATH", help="Config file.")
 @click.option("--fault", type=FAULT_CHOICE, default="none", show_default=True, help="Failure mode to show.")
 @click.option("--record", "record_path", metavar="PATH", help="Record the session here.")
