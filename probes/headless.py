@@ -49,6 +49,7 @@ class Printer:
 
     def handle(self, e: Event) -> None:
         if isinstance(e, RunStarted):
+            self.failures, self.count, self.passed = [], 0, 0
             self._w(f"stagewatch → {e.target} ({e.base_url}) · {len(e.probes)} probes")
         elif isinstance(e, ProbeStarted):
             self.priority[e.probe_id] = e.priority
@@ -109,6 +110,8 @@ class HeadlessRequest:
     verbose: bool = False
     quiet: bool = False
     extra_secrets: list[str] = field(default_factory=list)
+    watch: float | None = None  # seconds between rounds; None = one round
+    count: int | None = None  # rounds to run with --watch (None = until interrupted)
 
 
 def _write(path: Path, text: str) -> None:
@@ -133,10 +136,23 @@ async def _run(req: HeadlessRequest) -> tuple[int, RunSummary, Recorder | None]:
         bus.subscribe(recorder.handle)
         await recorder.start()
     try:
-        result = await run_queue(req.config, req.target, bus, req.options, clock)
+        rounds = failed_rounds = 0
+        while True:
+            rounds += 1
+            result = await run_queue(req.config, req.target, bus, req.options, clock)
+            failed_rounds += result.verdict != "pass"
+            if req.watch is None or (req.count is not None and rounds >= req.count):
+                break
+            if not req.quiet:
+                sys.stdout.write(f"— round {rounds} done ({failed_rounds} failed so far); next in {req.watch:g} s "
+                                 "(Ctrl-C to stop)\n")
+                sys.stdout.flush()
+            await asyncio.sleep(req.watch)
+        if req.watch is not None and not req.quiet:
+            sys.stdout.write(f"rounds: {rounds}, failed: {failed_rounds}\n")
         if recorder is not None and not recorder.active and recorder.error and req.quiet:
             sys.stderr.write(f"stagewatch: warning: {recorder.error}\n")
-        return (EXIT_OK if result.verdict == "pass" else EXIT_FAILED), summary, recorder
+        return (EXIT_OK if failed_rounds == 0 else EXIT_FAILED), summary, recorder
     finally:
         if recorder is not None:
             recorder.close()

@@ -130,3 +130,11 @@ def test_usage_errors_exit_2_with_one_line(tmp_path, args, message):
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_watch_repeats_rounds_and_counts_each(tmp_path):
+    proc = _stagewatch("run", "--no-record", "--watch", "0.1", "--count", "3", "--max-priority", "0", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    verdicts = [line for line in proc.stdout.splitlines() if line.startswith("verdict:")]
+    assert len(verdicts) == 3 and all("1/1 probes passed" in v for v in verdicts)
+    assert proc.stdout.rstrip().endswith("rounds: 3, failed: 0")

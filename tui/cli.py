@@ -154,15 +154,21 @@ def _open_app(config: Config, target: ResolvedTarget | None, options: RunOptions
 @click.option("--no-record", is_flag=True, help="Do not record the session.")
 @click.option("--verbose", "-v", is_flag=True, help="Also print skipped stages and diagnosis evidence.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing; rely on the exit code and reports.")
+@click.option("--watch", type=click.FloatRange(min=0.1), metavar="SECONDS",
+              help="Repeat the queue every SECONDS (while a deploy rolls) until Ctrl-C or --count.")
+@click.option("--count", type=click.IntRange(min=1), metavar="N", help="With --watch: stop after N rounds.")
 def run(config_path: str | None, target: str | None, url: str | None, fault: str, expect_version: str | None,
         fail_fast: bool, only: tuple[str, ...], max_priority: int | None, insecure: bool, allow_production: bool,
         json_path: Path | None, junit_path: Path | None, markdown_path: Path | None, record_path: str | None,
-        no_record: bool, verbose: bool, quiet: bool) -> None:
+        no_record: bool, verbose: bool, quiet: bool, watch: float | None, count: int | None) -> None:
     """Run the probe queue headless: a line per stage, a verdict, reports. Exit 0 pass, 1 fail, 2 usage."""
+    if count is not None and watch is None:
+        fail("--count goes with --watch")
     config, resolved, options = _prepare(config_path, target, url, fault, expect_version, fail_fast, only,
                                          max_priority, insecure, allow_production)
     req = HeadlessRequest(config, resolved, options, json_path, junit_path, markdown_path,
-                          _record_path(record_path, no_record, resolved.name), verbose, quiet)
+                          _record_path(record_path, no_record, resolved.name), verbose, quiet, watch=watch,
+                          count=count)
     sys.exit(run_headless(req))
 
 
