@@ -8,6 +8,7 @@ table order, so the first diagnosis is the best explanation. A failure that no r
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,11 @@ PROXY_TIMERS_S = {30: "GCP load balancer backend timeout (30 s default)",
                   600: "a 10-minute proxy or load balancer timeout",
                   3600: "Cloud Run maximum request timeout (3600 s)"}
 SKEW_LIMIT_S = 60.0
+# How servers word "I got no credential" (as opposed to "your credential is bad").
+MISSING_CREDENTIAL_RE = re.compile(
+    r"\b(missing|no|not provided|without|absent|required)\b[^.]{0,30}\b(token|auth\w*|credential\w*|bearer|jwt)\b"
+    r"|\b(token|auth\w*|credential\w*|bearer|jwt)\b[^.]{0,20}\b(missing|not provided|required|absent)\b",
+    re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -164,18 +170,27 @@ def _version_mismatch(f: Facts) -> list[str] | None:
 
 def _auth_header_stripped(f: Facts) -> list[str] | None:
     echo = f.echo
-    if not echo or "authorization_arrived" not in echo:
+    if echo and "authorization_arrived" in echo:
+        lost = []
+        if echo.get("authorization_sent") and not echo.get("authorization_arrived"):
+            lost.append("Authorization")
+        if echo.get("subprotocol_sent") and not echo.get("subprotocol_arrived"):
+            lost.append("Sec-WebSocket-Protocol")
+        if lost:
+            return [f"we sent {' and '.join(lost)}; {echo.get('url')} shows the backend received "
+                    f"{'neither' if len(lost) > 1 else 'nothing of it'}",
+                    f"{f.failed.name}: {f.failed.detail}" if f.failed else ""]
         return None
-    lost = []
-    if echo.get("authorization_sent") and not echo.get("authorization_arrived"):
-        lost.append("Authorization")
-    if echo.get("subprotocol_sent") and not echo.get("subprotocol_arrived"):
-        lost.append("Sec-WebSocket-Protocol")
-    if not lost:
+    # No echo endpoint: the server's own words say the credential is missing, though we sent one.
+    if not f.auth_refused or not f.fe.get("token_sent", f.fe.get("transport")):
         return None
-    return [f"we sent {' and '.join(lost)}; {echo.get('url')} shows the backend received neither" if len(lost) > 1
-            else f"we sent {lost[0]}; {echo.get('url')} shows the backend did not receive it",
-            f"{f.failed.name}: {f.failed.detail}" if f.failed else ""]
+    said = str(f.fe.get("body", "")) if f.upgrade_refused else (f.close.reason if f.close else "")
+    if said and MISSING_CREDENTIAL_RE.search(said):
+        sent = " and ".join({"header": "Authorization", "subprotocol": "a jwt.* subprotocol",
+                             "query": "a token query parameter"}[t] for t in f.fe.get("transport", []))
+        return [f"the server says {said.strip()[:100]!r} although we sent {sent or 'a token'}",
+                f.status_line() if f.upgrade_refused else (f.close_line(f.close) if f.close else "")]
+    return None
 
 
 def _clock_skew(f: Facts) -> list[str] | None:

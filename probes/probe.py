@@ -522,14 +522,12 @@ class ProbeRun:
         except (httpx.HTTPError, HostNotAllowed) as exc:
             return {"url": path, "error": type(exc).__name__}
         result: dict[str, Any] = {"url": path, "status": resp.status_code}
-        value = parse_json(resp.text)
-        seen = value.get("headers") if isinstance(value, dict) and isinstance(value.get("headers"), dict) else value
-        if resp.status_code == 200 and isinstance(seen, dict):
-            names = {str(k).lower() for k in seen}
+        seen = _echoed_headers(parse_json(resp.text))
+        if resp.status_code == 200 and seen is not None:
             result["authorization_sent"] = "Authorization" in self.sent_headers
             result["subprotocol_sent"] = "Sec-WebSocket-Protocol" in self.sent_headers
-            result["authorization_arrived"] = "authorization" in names
-            result["subprotocol_arrived"] = "sec-websocket-protocol" in names
+            result["authorization_arrived"] = bool(seen.get("authorization"))
+            result["subprotocol_arrived"] = bool(seen.get("sec-websocket-protocol"))
         return result
 
     async def _step_send(self, step: Step) -> tuple[str, dict[str, Any]]:
@@ -684,6 +682,23 @@ def _duration(seconds: float) -> str:
     if seconds >= 60:
         return f"{seconds // 60} m {seconds % 60} s"
     return f"{seconds} s"
+
+
+def _echoed_headers(value: Any) -> dict[str, Any] | None:
+    """Lower-cased header map from an echo endpoint's JSON: {"headers": {...}}, similar nestings, or flat."""
+    if not isinstance(value, dict):
+        return None
+    for key in ("headers", "received_headers", "request_headers", "received", "request"):
+        inner = value.get(key)
+        if isinstance(inner, dict):
+            value = inner.get("headers") if isinstance(inner.get("headers"), dict) else inner
+            break
+    out: dict[str, Any] = {}
+    for name, v in value.items():
+        if isinstance(v, str) and v.strip().lower() in ("", "none", "null", "missing", "absent", "<missing>"):
+            v = None
+        out[str(name).lower().replace("_", "-")] = v
+    return out
 
 
 def _render(template: Any, text: str) -> Any:

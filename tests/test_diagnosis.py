@@ -221,3 +221,44 @@ def test_rules_are_pure(fast_config):
     ev = _synthetic(1011, 10, "server")
     assert diagnose(ev) == diagnose(ev)
     asyncio.get_event_loop_policy()  # no loop needed: rules never touch the network
+
+
+def _refused(body: str, status: int = 401, echo: dict | None = None) -> Evidence:
+    ev = Evidence()
+    ev.add(StageStarted(0, "p", "connect", "connect"))
+    evidence = {"http_status": status, "body": body, "token_sent": True, "transport": ["subprotocol", "header"]}
+    if echo is not None:
+        evidence["echo"] = echo
+    ev.add(StageFinished(0, "p", "connect", "fail", 1.0, f"HTTP {status}", evidence))
+    return ev
+
+
+@pytest.mark.parametrize("body", ['{"detail": "Missing authentication token"}', "No Authorization header",
+                                  "authentication required", '{"error": "token not provided"}'])
+def test_server_saying_the_credential_is_missing_means_stripped(body):
+    assert diagnose(_refused(body))[0].code == "auth-header-stripped"
+
+
+@pytest.mark.parametrize("body", ['{"detail": "invalid token"}', "token expired", "Forbidden", ""])
+def test_server_rejecting_a_bad_credential_is_not_stripped(body):
+    assert diagnose(_refused(body))[0].code == "auth-rejected"
+
+
+@pytest.mark.parametrize("echo,stripped", [
+    ({"url": "/e", "status": 200, "authorization_sent": True, "authorization_arrived": False,
+      "subprotocol_sent": True, "subprotocol_arrived": True}, True),
+    ({"url": "/e", "status": 200, "authorization_sent": True, "authorization_arrived": True,
+      "subprotocol_sent": True, "subprotocol_arrived": True}, False),
+])
+def test_echo_endpoint_decides_over_the_wording(echo, stripped):
+    code = diagnose(_refused('{"detail": "missing token"}', echo=echo))[0].code
+    assert (code == "auth-header-stripped") is stripped
+
+
+def test_echo_header_shapes():
+    from probes.probe import _echoed_headers
+
+    assert _echoed_headers({"headers": {"Authorization": "Bearer x"}})["authorization"] == "Bearer x"
+    assert _echoed_headers({"received": {"headers": {"authorization": None}}})["authorization"] is None
+    assert _echoed_headers({"Sec_WebSocket_Protocol": "missing"})["sec-websocket-protocol"] is None
+    assert _echoed_headers(["not", "a", "map"]) is None
