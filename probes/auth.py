@@ -28,7 +28,7 @@ class AuthError(Exception):
 
 @dataclass(frozen=True)
 class TokenInfo:
-    token: str
+    token: str = field(repr=False)  # never in a repr, a log line or an error message
     source: str  # e.g. "minted HS256 with $JWT_SECRET_KEY"
     claims: dict[str, Any] = field(default_factory=dict)
 
@@ -80,7 +80,7 @@ def decode_unverified(token: str) -> dict[str, Any]:
 
 
 def token_from_env(auth: Auth, env: Mapping[str, str]) -> TokenInfo:
-    token = env.get(auth.token_env, "")
+    token = env.get(auth.token_env, "").strip()  # a token pasted or read from a file often ends in a newline
     if not token:
         raise AuthError(f"environment variable {auth.token_env} is not set (auth.mode is 'env')")
     return TokenInfo(token, f"${auth.token_env}", decode_unverified(token))

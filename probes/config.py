@@ -1,29 +1,47 @@
 """The typed, validated configuration: targets, protocol knobs, auth, timeouts and the probe queue.
 
 `load_config()` reads YAML, checks it against the models below and raises `ConfigError` with one line that
-names the file, line and field. `${VAR}` references are resolved from the environment only when a target is
-selected (`resolve_target`), so a missing variable for an unused target is not an error.
+names the file, line and field ("config.yaml:12: protocol.wspath: unknown key (did you mean 'ws_path'?)").
+Syntax errors, duplicate keys and absurd nesting are ConfigErrors too, never tracebacks. A target's protocol,
+auth and timeouts overrides are checked when the file is loaded, except values that hold a `${VAR}`.
+
+`${VAR}` references are resolved from the environment only when a target is selected (`resolve_target`), so a
+missing variable for an unused target is not an error. Resolving also checks every URL (scheme, host, port, no
+credentials in it) and that an auth endpoint, which receives a credentials request, is on one of the target's
+hosts (base_url, ws_url or allowed_hosts).
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
-from collections.abc import Mapping
+import string
+from collections.abc import Callable, Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_origin
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 SANDBOX = "sandbox"  # base_url value meaning: start the embedded sandbox
+_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_HOST_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.:-]+)$")  # a host name or address, not a URL
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 class ConfigError(Exception):
     """A user error in configuration: the message is one line, fit to print as it is."""
+
+
+class LocatedError(ValueError):
+    """A validation error that knows the key path (below the validated field) it is about."""
+
+    def __init__(self, message: str, loc: tuple[str | int, ...]) -> None:
+        super().__init__(message)
+        self.loc = loc
 
 
 class _Model(BaseModel):
@@ -69,6 +87,13 @@ class Auth(_Model):
         return self
 
 
+TokenTransport = Literal["subprotocol", "header", "query"]
+
+
+def _default_transport() -> list[TokenTransport]:
+    return ["subprotocol", "header"]
+
+
 class Protocol(_Model):
     """How the product speaks. Every default matches the embedded sandbox."""
 
@@ -77,8 +102,7 @@ class Protocol(_Model):
     version_field: str = "version"
     expected_version: str | None = None
     echo_headers_path: str | None = None  # an endpoint that reports the headers it received
-    token_transport: list[Literal["subprotocol", "header", "query"]] = Field(
-        default_factory=lambda: ["subprotocol", "header"])
+    token_transport: list[TokenTransport] = Field(default_factory=_default_transport)
     subprotocol_template: str = "jwt.{token_b64}"
     subprotocol_padding: bool = False  # True reproduces the illegal padded-base64 form
     extra_subprotocols: list[str] = Field(default_factory=list)
@@ -104,6 +128,28 @@ class Protocol(_Model):
         "payload.message", "data.response", "data.result", "data.content", "response", "content", "result"])
     headers: dict[str, str] = Field(default_factory=lambda: {"X-E2E-Test": "true"})
     max_frame_bytes: int = Field(2**20, gt=0)
+
+    @field_validator("subprotocol_template")
+    @classmethod
+    def _template_fields(cls, template: str) -> str:
+        try:
+            names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+        except ValueError as exc:
+            raise ValueError(f"not a valid template: {exc}") from None
+        unknown = names - {"token", "token_b64"}
+        if unknown:
+            raise ValueError(f"unknown placeholder {{{min(unknown)}}} (use {{token_b64}} or {{token}})")
+        return template
+
+    @field_validator("headers")
+    @classmethod
+    def _header_values(cls, headers: dict[str, str]) -> dict[str, str]:
+        for name, value in headers.items():
+            if not _HEADER_NAME_RE.match(name):
+                raise LocatedError(f"{name!r} is not a valid header name", (name,))
+            if any(ch in value for ch in "\r\n\0"):
+                raise LocatedError("a header value cannot contain a line break", (name,))
+        return headers
 
 
 StepKind = Literal["http", "auth", "connect", "expect", "send", "expect_events", "close"]
@@ -138,13 +184,13 @@ class ProbeDef(_Model):
     @field_validator("steps")
     @classmethod
     def _names_unique(cls, steps: list[Step]) -> list[Step]:
-        seen: set[str] = set()
-        for s in steps:
-            if s.name in seen:
-                raise ValueError(f"stage name {s.name!r} is used twice")
-            seen.add(s.name)
         if not steps:
             raise ValueError("a probe needs at least one step")
+        seen: set[str] = set()
+        for index, s in enumerate(steps):
+            if s.name in seen:
+                raise LocatedError(f"stage name {s.name!r} is used twice in this probe", (index, "name"))
+            seen.add(s.name)
         return steps
 
 
@@ -156,6 +202,14 @@ class Target(_Model):
     protocol: dict[str, Any] = Field(default_factory=dict)  # overrides of the top-level protocol
     auth: dict[str, Any] = Field(default_factory=dict)
     timeouts: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _plain_hosts(cls, hosts: list[str]) -> list[str]:
+        for index, host in enumerate(hosts):
+            if not _HOST_RE.match(host):
+                raise LocatedError(f"give a host name such as auth.example.com, not {host!r}", (index,))
+        return hosts
 
 
 class Safety(_Model):
@@ -174,15 +228,33 @@ class Config(_Model):
     probes: list[ProbeDef]
     source: str = Field("<defaults>", exclude=True)
 
+    _lines: dict[str, int] = PrivateAttr(default_factory=dict)  # dotted key path -> YAML line
+
+    @field_validator("probes")
+    @classmethod
+    def _ids_unique(cls, probes: list[ProbeDef]) -> list[ProbeDef]:
+        seen: set[str] = set()
+        for index, probe in enumerate(probes):
+            if probe.id in seen:
+                raise LocatedError(f"probe id {probe.id!r} is used twice", (index, "id"))
+            seen.add(probe.id)
+        return probes
+
     @model_validator(mode="after")
     def _check(self) -> Config:
         if self.default_target not in self.targets:
-            raise ValueError(f"default_target {self.default_target!r} is not one of the targets")
-        ids = [p.id for p in self.probes]
-        dupes = {i for i in ids if ids.count(i) > 1}
-        if dupes:
-            raise ValueError(f"probe id {sorted(dupes)[0]!r} is used twice")
+            known = ", ".join(sorted(self.targets))
+            raise LocatedError(f"{self.default_target!r} is not one of the targets ({known})", ("default_target",))
         return self
+
+    def where(self, path: str) -> str:
+        """'file:line: path' for a dotted key path, with the line of its deepest key present in the YAML."""
+        parts = path.split(".")
+        for end in range(len(parts), 0, -1):
+            line = self._lines.get(".".join(parts[:end]))
+            if line is not None:
+                return f"{self.source}:{line}: {path}"
+        return f"{self.source}: {path}"
 
 
 class ResolvedTarget(BaseModel):
@@ -217,32 +289,64 @@ def interpolate(value: str, env: Mapping[str, str], where: str) -> str:
     return _VAR_RE.sub(sub, value)
 
 
-def _interpolate_tree(value: Any, env: Mapping[str, str], where: str) -> Any:
+Locate = Callable[[str], str]  # dotted key path -> "file:line: path"
+
+
+def _interpolate_tree(value: Any, env: Mapping[str, str], path: str, locate: Locate) -> Any:
     if isinstance(value, str):
-        return interpolate(value, env, where)
+        return interpolate(value, env, locate(path))
     if isinstance(value, list):
-        return [_interpolate_tree(v, env, where) for v in value]
+        return [_interpolate_tree(v, env, f"{path}.{i}", locate) for i, v in enumerate(value)]
     if isinstance(value, dict):
-        return {k: _interpolate_tree(v, env, f"{where}.{k}") for k, v in value.items()}
+        return {k: _interpolate_tree(v, env, f"{path}.{k}", locate) for k, v in value.items()}
     return value
 
 
 def check_url(url: str, where: str, schemes: tuple[str, ...] = ("http", "https")) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in schemes or not parts.hostname:
-        raise ConfigError(f"{where}: {url!r} is not a valid URL (expected {'/'.join(schemes)}://host[:port])")
+    """The URL normalised (no query, no trailing slash); a ConfigError naming `where` when it is not usable."""
+    expected = f"expected {'/'.join(schemes)}://host[:port]"
+    if not url or any(ch.isspace() or not ch.isprintable() for ch in url):
+        raise ConfigError(f"{where}: {url!r} is not a valid URL ({expected})")
     try:
-        parts.port
+        parts = urlsplit(url)
+        port = parts.port
     except ValueError:
-        raise ConfigError(f"{where}: {url!r} has an invalid port") from None
+        raise ConfigError(f"{where}: {url!r} has an invalid host or port") from None
+    if parts.scheme not in schemes or not parts.hostname:
+        raise ConfigError(f"{where}: {url!r} is not a valid URL ({expected})")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(f"{where}: credentials in a URL would be printed and recorded; remove the 'user@' part "
+                          "(the token comes from the auth settings)")
+    if port == 0:
+        raise ConfigError(f"{where}: {url!r} has an invalid port")
     return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
 
 
-def _merge(section: BaseModel, overrides: dict[str, Any], where: str) -> Any:
+def _merge(section: BaseModel, overrides: dict[str, Any], path: str, locate: Locate) -> Any:
+    """`section` with `overrides` applied, validated; errors name the overriding key and its line."""
     try:
         return type(section).model_validate({**section.model_dump(), **overrides})
     except ValidationError as exc:
-        raise ConfigError(f"{where}: {_first_error(exc)}") from None
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"{locate(f'{path}.{loc}' if loc else path)}: {_message(err)}") from None
+
+
+def _resolved_section(config: Config, name: str, env: Mapping[str, str]) -> BaseModel:
+    """A top-level section (protocol, auth) with its own ${VAR}s resolved; unchanged when it has none."""
+    section: BaseModel = getattr(config, name)
+    data = section.model_dump()
+    if "${" not in repr(data):
+        return section
+    resolved: BaseModel = _merge(section, _interpolate_tree(data, env, name, config.where), name, config.where)
+    return resolved
+
+
+def _override(config: Config, name: str, overrides: dict[str, Any], env: Mapping[str, str], prefix: str,
+              locate: Locate) -> Any:
+    """Section `name` of the config, resolved, with a target's (resolved) overrides merged over it."""
+    path = f"{prefix}.{name}"
+    return _merge(_resolved_section(config, name, env), _interpolate_tree(overrides, env, path, locate), path, locate)
 
 
 def resolve_target(config: Config, name: str | None = None, *, url: str | None = None,
@@ -250,33 +354,58 @@ def resolve_target(config: Config, name: str | None = None, *, url: str | None =
     """Pick a target (or an ad-hoc one from --url), resolve ${VARs}, merge overrides, check URLs."""
     env = os.environ if env is None else env
     if url is not None:
-        where = "--url"
-        target = Target(base_url=url)
-        name = url
+        target, name, prefix = Target(base_url=url), url, ""
+        base_url = check_url(url.strip(), "--url") if url.strip() != SANDBOX else SANDBOX
     else:
         name = name or config.default_target
         if name not in config.targets:
             known = ", ".join(sorted(config.targets))
             raise ConfigError(f"{config.source}: no target named {name!r} (targets: {known})")
-        target = config.targets[name]
-        where = f"{config.source}: targets.{name}"
-    base_url = interpolate(target.base_url, env, f"{where}.base_url")
-    if base_url != SANDBOX:
-        base_url = check_url(base_url, f"{where}.base_url")
-    ws_url = interpolate(target.ws_url, env, f"{where}.ws_url") if target.ws_url else None
+        target, prefix = config.targets[name], f"targets.{name}"
+        base_url = interpolate(target.base_url, env, config.where(f"{prefix}.base_url"))
+        if base_url != SANDBOX:
+            base_url = check_url(base_url, config.where(f"{prefix}.base_url"))
+
+    def locate(path: str) -> str:
+        return config.where(path) if prefix else f"--url: {path.removeprefix('.')}"
+
+    ws_url = interpolate(target.ws_url, env, locate(f"{prefix}.ws_url")) if target.ws_url else None
     if ws_url:
-        ws_url = check_url(ws_url, f"{where}.ws_url", ("ws", "wss"))
-    return ResolvedTarget(
+        ws_url = check_url(ws_url, locate(f"{prefix}.ws_url"), ("ws", "wss"))
+    resolved = ResolvedTarget(
         name=name,
         base_url=base_url,
         ws_url=ws_url,
-        allowed_hosts=tuple(target.allowed_hosts),
+        allowed_hosts=tuple(h.lower() for h in target.allowed_hosts),
         verify_tls=target.verify_tls,
-        protocol=_merge(config.protocol, _interpolate_tree(target.protocol, env, f"{where}.protocol"),
-                        f"{where}.protocol"),
-        auth=_merge(config.auth, _interpolate_tree(target.auth, env, f"{where}.auth"), f"{where}.auth"),
-        timeouts=_merge(config.timeouts, target.timeouts, f"{where}.timeouts"),
+        protocol=_override(config, "protocol", target.protocol, env, prefix, locate),
+        auth=_override(config, "auth", target.auth, env, prefix, locate),
+        timeouts=_merge(config.timeouts, target.timeouts, f"{prefix}.timeouts", locate),
     )
+    overridden = bool(prefix) and "endpoint" in target.auth
+    _check_auth_endpoint(resolved, config.where(f"{prefix}.auth.endpoint.url" if overridden else "auth.endpoint.url"))
+    return resolved
+
+
+def _hosts_of(target: ResolvedTarget) -> frozenset[str]:
+    """The hosts a probe of `target` may contact: its base and ws hosts and its allowed_hosts."""
+    hosts = {"127.0.0.1"} if target.is_sandbox else {urlsplit(target.base_url).hostname or ""}
+    if target.ws_url:
+        hosts.add(urlsplit(target.ws_url).hostname or "")
+    hosts.update(target.allowed_hosts)
+    return frozenset(h.lower() for h in hosts if h)
+
+
+def _check_auth_endpoint(target: ResolvedTarget, where: str) -> None:
+    """An auth endpoint gets our credentials request: it must be a valid URL on one of the target's hosts."""
+    endpoint = target.auth.endpoint
+    if target.auth.mode != "endpoint" or endpoint is None:
+        return
+    url = check_url(endpoint.url, where)
+    host = (urlsplit(url).hostname or "").lower()
+    if host not in _hosts_of(target):
+        raise ConfigError(f"{where}: host {host!r} is not a host of target {target.name!r}; "
+                          f"add it to the target's allowed_hosts if probes may send credentials requests there")
 
 
 # --- loading ---------------------------------------------------------------------------------------------
@@ -305,73 +434,185 @@ def load_config(path: str | Path | None = None) -> Config:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{p}: config file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{p}: cannot read config: {exc}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{p}: is a directory, not a config file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read config: {exc.strerror or exc}") from None
     return parse_config(text, str(p))
 
 
 class _LineLoader(yaml.SafeLoader):
-    """SafeLoader that remembers the line of every mapping key, for error messages."""
+    """SafeLoader that remembers the line of every mapping key and refuses duplicate keys."""
+
+    key_lines: dict[int, tuple[dict[str, int], int]]
 
 
-def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[str, Any]:
-    mapping = loader.construct_mapping(node, deep=True)
-    lines = {}
-    for key_node, _ in node.value:
-        lines[str(loader.construct_object(key_node))] = key_node.start_mark.line + 1
-    loader.key_lines[id(mapping)] = (lines, node.start_mark.line + 1)  # type: ignore[attr-defined]
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    loader.flatten_mapping(node)  # merge keys (<<: *anchor)
+    mapping: dict[Any, Any] = {}
+    lines: dict[str, int] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        try:
+            duplicate = key in mapping
+        except TypeError:  # an unhashable key such as a list
+            raise yaml.constructor.ConstructorError(None, None, "a mapping key must be a plain value",
+                                                    key_node.start_mark) from None
+        if duplicate:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first at line {lines[str(key)]})", key_node.start_mark)
+        mapping[key] = loader.construct_object(value_node, deep=True)
+        lines[str(key)] = line
+    loader.key_lines[id(mapping)] = (lines, node.start_mark.line + 1)
     return mapping
 
 
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
+_MAX_NESTING = "the config is nested too deeply"
 
-def parse_config(text: str, source: str) -> Config:
+
+def _load_yaml(text: str, source: str) -> tuple[Any, dict[int, tuple[dict[str, int], int]]]:
+    """The YAML document and its key lines; one-line ConfigError for any syntax problem."""
     loader = _LineLoader(text)
-    loader.key_lines = {}  # type: ignore[attr-defined]
+    loader.key_lines = {}
     try:
-        data = loader.get_single_data()
+        return loader.get_single_data(), loader.key_lines
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         line = f":{mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{source}{line}: YAML syntax error: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: {_MAX_NESTING}") from None
     finally:
         loader.dispose()
+
+
+def parse_config(text: str, source: str) -> Config:
+    """Validate YAML text as a Config. Raises ConfigError naming `source`, the line and the field."""
+    data, key_lines = _load_yaml(text, source)
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}:1: the config must be a mapping (key: value), not {type(data).__name__}")
+    lines = _path_lines(data, key_lines)
     try:
-        return Config.model_validate({**data, "source": source})
+        config = Config.model_validate({**data, "source": source})
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = [p for p in err["loc"] if not (isinstance(p, str) and p in _UNION_TAGS)]
-        line = _line_of(data, loc, loader.key_lines)  # type: ignore[attr-defined]
+        cause = err.get("ctx", {}).get("error")
+        if isinstance(cause, LocatedError):
+            loc = [p for p in loc if p != "__root__"] + list(cause.loc)
+        line = _line_of(data, loc, key_lines)
         field = ".".join(str(p) for p in loc) or "(top level)"
-        raise ConfigError(f"{source}{f':{line}' if line else ''}: {field}: {_message(err)}") from None
+        message = _message(err)
+        if err.get("type") == "extra_forbidden":
+            message += _suggest(str(loc[-1]), _known_keys(Config, loc[:-1]))
+        raise ConfigError(f"{source}{f':{line}' if line else ''}: {field}: {message}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: {_MAX_NESTING}") from None
+    config._lines.update(lines)
+    _check_target_overrides(config)
+    return config
+
+
+_OVERRIDABLE: dict[str, type[BaseModel]] = {"protocol": Protocol, "auth": Auth, "timeouts": Timeouts}
+
+
+def _check_target_overrides(config: Config) -> None:
+    """Catch what can be caught before a target is chosen: unknown keys in a target's protocol/auth/timeouts,
+    and wrong values that hold no ${VAR} (those are checked when the target is resolved)."""
+    for name, target in config.targets.items():
+        for section, model in _OVERRIDABLE.items():
+            overrides: dict[str, Any] = getattr(target, section)
+            path = f"targets.{name}.{section}"
+            for key in overrides:
+                if key not in model.model_fields:
+                    hint = _suggest(str(key), list(model.model_fields))
+                    raise ConfigError(f"{config.where(f'{path}.{key}')}: unknown key{hint}")
+            static = {k: v for k, v in overrides.items() if "${" not in repr(v)}
+            _merge(getattr(config, section), static, path, config.where)
 
 
 _UNION_TAGS = {"function-after", "function-before", "function-wrap"}
 
 
+def _known_keys(model: type[BaseModel], loc: list[Any]) -> list[str]:
+    """The keys allowed at `loc` below `model` (following nested models, lists and dicts of models)."""
+    current: Any = model
+    for part in loc:
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            info = current.model_fields.get(str(part))
+            if info is None:
+                return []
+            current = info.annotation
+        else:  # list[Model] or dict[str, Model]: step over the index or key
+            args = [a for a in getattr(current, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
+            if not args:
+                return []
+            current = args[0]
+        args = [a for a in getattr(current, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if args and get_origin(current) is not None and get_origin(current) not in (list, dict):
+            current = args[0]  # Optional[Model]
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return [k for k, f in current.model_fields.items() if not f.exclude]
+    return []
+
+
+def _suggest(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    return f" (known keys: {', '.join(known)})" if 0 < len(known) <= 8 else ""
+
+
+def _got(value: Any) -> str:
+    if isinstance(value, (dict, list)):
+        return f"a {'mapping' if isinstance(value, dict) else 'list'}"
+    shown = repr(value)
+    return shown if len(shown) <= 40 else shown[:39] + "…"
+
+
 def _message(err: Mapping[str, Any]) -> str:
+    """A short human sentence for one pydantic error, with the offending value where it helps."""
     kind = err.get("type", "")
+    ctx = err.get("ctx", {})
     if kind == "extra_forbidden":
         return "unknown key"
-    if kind == "literal_error":
-        expected = err.get("ctx", {}).get("expected", "")
-        return f"must be one of {expected} (got {err.get('input')!r})"
     if kind == "missing":
         return "required field is missing"
-    msg = str(err.get("msg", "invalid value"))
-    return msg.removeprefix("Value error, ")
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected', '')} (got {_got(err.get('input'))})"
+    if kind == "string_pattern_mismatch":
+        return f"must match {ctx.get('pattern', '')} — lowercase letters, digits, '-' and '_' " \
+               f"(got {_got(err.get('input'))})"
+    msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+    if kind == "value_error" or "input" not in err:
+        return msg
+    return f"{msg[:1].lower()}{msg[1:]} (got {_got(err['input'])})"
 
 
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    field = ".".join(str(p) for p in err["loc"])
-    return f"{field}: {_message(err)}" if field else _message(err)
+def _path_lines(data: Any, key_lines: dict[int, tuple[dict[str, int], int]], prefix: str = "") -> dict[str, int]:
+    """Every dotted key path in the document ('targets.staging.base_url', 'probes.0.steps') -> its line."""
+    out: dict[str, int] = {}
+    if isinstance(data, dict) and id(data) in key_lines:
+        lines, _ = key_lines[id(data)]
+        for key, value in data.items():
+            path = f"{prefix}{key}"
+            if str(key) in lines:
+                out[path] = lines[str(key)]
+            out.update(_path_lines(value, key_lines, path + "."))
+    elif isinstance(data, list):
+        for index, value in enumerate(data):
+            if isinstance(value, dict) and id(value) in key_lines:
+                out[f"{prefix}{index}"] = key_lines[id(value)][1]
+            out.update(_path_lines(value, key_lines, f"{prefix}{index}."))
+    return out
 
 
 def _line_of(data: Any, loc: list[Any], key_lines: dict[int, tuple[dict[str, int], int]]) -> int | None:

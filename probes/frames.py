@@ -6,11 +6,13 @@ Never raises, whatever a server sends: invalid JSON, binary, huge or deeply nest
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
 SUMMARY_CHARS = 120
 _PARSE_LIMIT = 256 * 1024  # larger text frames are not parsed for display
+_JSON_START = re.compile(r"[ \t\r\n]*[\[{]")  # an object or array, without copying the text
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,12 +24,13 @@ class FrameInfo:
 
 
 def parse_json(data: str | bytes) -> Any:
-    """The parsed JSON value, or None for anything that is not JSON text (never raises)."""
-    if not isinstance(data, str) or not data or data[0] not in "{[":
+    """The parsed JSON object or array, or None for anything else (never raises: bad JSON, binary, deep
+    nesting and oversized numbers all give None)."""
+    if not isinstance(data, str) or not _JSON_START.match(data):
         return None
     try:
         return json.loads(data)
-    except (ValueError, RecursionError):
+    except (ValueError, RecursionError, MemoryError):
         return None
 
 
@@ -36,7 +39,7 @@ def get_path(value: Any, dotted: str) -> Any:
     for part in dotted.split("."):
         if isinstance(value, dict) and part in value:
             value = value[part]
-        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+        elif isinstance(value, list) and part.isascii() and part.isdigit() and int(part) < len(value):
             value = value[int(part)]
         else:
             return None
@@ -52,7 +55,7 @@ def frame_type(value: Any, type_field: str = "type") -> str | None:
 
 
 def _one_line(text: str, limit: int = SUMMARY_CHARS) -> str:
-    flat = " ".join(text.split())
+    flat = " ".join(text[: limit * 8].split())  # never flatten a 10 MB frame to show 120 characters
     flat = "".join(ch if ch.isprintable() else "\ufffd" for ch in flat)
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
@@ -77,10 +80,11 @@ def _brief(value: Any, depth: int = 0) -> str:
 
 
 def classify(data: str | bytes, type_field: str = "type") -> FrameInfo:
+    """Kind, protocol type and a one-line summary of a message; never raises."""
     if isinstance(data, (bytes, bytearray, memoryview)):
-        raw = bytes(data)
-        head = raw[:16].hex(" ")
-        return FrameInfo("binary", None, f"binary {len(raw)} B: {head}{' …' if len(raw) > 16 else ''}")
+        size = data.nbytes if isinstance(data, memoryview) else len(data)
+        head = bytes(data[:16]).hex(" ")
+        return FrameInfo("binary", None, f"binary {size} B: {head}{' …' if size > 16 else ''}")
     if len(data) <= _PARSE_LIMIT:
         value = parse_json(data)
         if value is not None or data.strip() == "null":
@@ -97,7 +101,7 @@ def classify(data: str | bytes, type_field: str = "type") -> FrameInfo:
 
 def pretty(data: str | bytes, limit: int = 64 * 1024) -> str:
     """Indented JSON, or the text as is, or a hex dump for binary; capped at `limit` characters."""
-    if isinstance(data, (bytes, bytearray)):
+    if isinstance(data, (bytes, bytearray, memoryview)):
         raw = bytes(data[: limit // 3])
         lines = [f"{i:08x}  {raw[i:i + 16].hex(' ')}" for i in range(0, len(raw), 16)]
         return "\n".join(lines) + (f"\n… {len(data) - len(raw)} more bytes" if len(data) > len(raw) else "")
@@ -105,7 +109,7 @@ def pretty(data: str | bytes, limit: int = 64 * 1024) -> str:
     if value is not None:
         try:
             text = json.dumps(value, indent=2, ensure_ascii=False)
-        except (ValueError, RecursionError):
+        except (ValueError, RecursionError, MemoryError):
             text = data
     else:
         text = data

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import platformdirs
 
-from .events import (Closed, Event, Frame, Notice, ProbeFinished, RunFinished, StageFinished, StageStarted,
-                     from_record, to_record)
+from .events import (AnyEvent, Closed, Event, Frame, Notice, ProbeFinished, RunFinished, StageFinished,
+                     StageStarted, from_record, to_record)
 from .redact import Redactor
 
 FLUSH_INTERVAL = 0.1
@@ -58,7 +58,7 @@ class Recorder:
     """
 
     def __init__(self, path: Path, redactor: Redactor | None = None, wall0: float | None = None,
-                 notify: Callable[[Event], None] | None = None) -> None:
+                 notify: Callable[[Notice], None] | None = None) -> None:
         self.path = path
         self.redactor = redactor or Redactor()
         self.wall0 = time.time() if wall0 is None else wall0
@@ -105,7 +105,7 @@ class Recorder:
     def active(self) -> bool:
         return self._fd is not None
 
-    def _line(self, event: Event) -> str:
+    def _line(self, event: AnyEvent) -> str:
         wall = round(self.wall0 + event.t, 6)
         if type(event) is Frame and isinstance(event.data, str):  # the hot path in a flood
             data = self.redactor.text(event.data)
@@ -117,7 +117,7 @@ class Recorder:
         record["wall_ts"] = wall
         return json.dumps(record, ensure_ascii=False, default=str) + "\n"
 
-    def handle(self, event: Event) -> None:
+    def handle(self, event: AnyEvent) -> None:
         if self._fd is None:
             return
         self._last_t = event.t

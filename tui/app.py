@@ -1,0 +1,605 @@
+"""The stagewatch Textual app: one screen showing the probe queue, the focused probe's stages, its frames, its
+close and diagnosis, fed only by engine events (live from the bus, or from a recording at recorded pace).
+
+The flow is one-way. The bus subscriber is `list.append` on the app's inbox: called synchronously in the engine's
+task for every event, it costs a C call and touches nothing else. A 50 ms timer (`_tick`) takes what arrived,
+keeps the last frames of each burst in the probe's bounded buffer, folds the other events into `SessionState`
+and updates the panes once, however many frames arrived. Runs happen in an exclusive worker that only awaits
+the engine, which runs in its own thread and loop (see `tui.engine`) so that rendering never skews a timing;
+replays in a worker that only calls `_ingest` (the same append).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from textual import on
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.css.query import NoMatches
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widgets import Footer, Input
+from textual.worker import Worker, WorkerState
+
+from probes.bus import EventBus
+from probes.config import Config, ConfigError, ResolvedTarget, resolve_target
+from probes.events import Event, Frame, Notice
+from probes.frames import pretty
+from probes.recording import Recorder, RecordingError, Replay, read_recording
+from probes.redact import Redactor
+from probes.runner import Clock, RunOptions, run_queue
+from tui.commands import StagewatchCommands
+from tui.engine import EngineThread
+from tui.help import HelpScreen
+from tui.state import SessionState
+from tui.widgets.close import ClosePanel, DiagnosisPanel, close_summary
+from tui.widgets.frames import FrameDetail, FrameList
+from tui.widgets.header import HeaderBar, SessionInfo
+from tui.widgets.queue import QueuePane
+from tui.widgets.stages import StagePane
+
+TICK = 0.05  # seconds between screen updates (frames are batched into one update per tick)
+FRAMES_EVERY = 0.1  # while only frames arrive, the frame list is redrawn at most this often
+DETAIL_EVERY = 0.25  # and the detail of the newest frame (when following) at most this often
+SPEEDS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 10.0, 50.0, math.inf)
+SETTLE_MAX = 1.0  # at most this long after mount before the first run
+REPLAY_CHUNK = 2000  # events delivered before the replay worker yields to the UI
+
+
+def _speed_label(speed: float) -> str:
+    return "max speed" if math.isinf(speed) else f"{speed:g}×"
+
+
+def _home(path: Path | str) -> str:
+    text, home = str(path), str(Path.home())
+    return "~" + text[len(home):] if text.startswith(home + os.sep) else text
+
+
+class StagewatchApp(App[int]):
+    """Live: `StagewatchApp(config, target, options, record_path)`. Replay: `replay=Replay(...)`.
+    Tests and screenshots: `events=[...]` shows a fixed event list at once, `now=` fixes the countdown clock."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "stagewatch"
+    COMMANDS = App.COMMANDS | {StagewatchCommands}
+    BINDINGS = [
+        Binding("r", "rerun", "Rerun", id="rerun", tooltip="Rerun the focused probe"),
+        Binding("R", "run_queue", "Run queue", id="run-queue", tooltip="Run every probe again, P0 first"),
+        Binding("f", "fail_fast", "Fail-fast", id="fail-fast",
+                tooltip="Stop the next runs at the first failing probe (toggle)"),
+        Binding("space", "pause", "Pause/follow", id="pause",
+                tooltip="Live: stop/resume following new frames. Replay: pause/resume"),
+        Binding("n,right", "step", "Step", id="step", tooltip="Replay: deliver the next event"),
+        Binding("plus,equals_sign", "speed(1)", "Faster", id="faster", key_display="+",
+                tooltip="Replay: faster"),
+        Binding("minus", "speed(-1)", "Slower", id="slower", tooltip="Replay: slower"),
+        Binding("slash", "filter", "Filter", id="filter", key_display="/",
+                tooltip="Filter frames by text or type:NAME; ! inverts; esc clears"),
+        Binding("c", "copy", "Copy", id="copy",
+                tooltip="Copy the selected frame (frames focused), else the close summary"),
+        Binding("question_mark", "help", "Help", id="help", key_display="?", tooltip="All keys"),
+        Binding("q", "quit", "Quit", id="quit", tooltip="Leave stagewatch"),
+        Binding("escape", "escape", "Back", id="escape", show=False),
+    ]
+
+    def __init__(self, config: Config, target: ResolvedTarget | None = None, options: RunOptions | None = None,
+                 record_path: Path | None = None, replay: Replay | None = None, replay_name: str = "", *,
+                 events: Iterable[Event] | None = None, now: Callable[[], float] | None = None,
+                 autostart: bool = True, speed: float = 1.0, paused: bool = False) -> None:
+        super().__init__()
+        self.config = config
+        self.target = target
+        self.options = options or RunOptions()
+        self.fail_fast = self.options.fail_fast
+        self.record_path = record_path
+        self.replay = replay
+        self.fixed_events = list(events) if events is not None else None
+        self.autostart = autostart
+        self.state = SessionState()
+        self.bus = EventBus()
+        self.clock = Clock()
+        self.recorder: Recorder | None = None
+        self.info = SessionInfo(mode="replay" if replay is not None else "live", fail_fast=self.fail_fast,
+                                replay_file=replay_name, replay_truncated=bool(replay and replay.truncated),
+                                fault=self.options.fault)
+        self.focus_probe: str | None = None
+        self.user_pinned = False  # the user chose a probe: stop auto-focusing
+        self.events_seen = 0
+        # The inbox: appended to by the engine thread (list.append is atomic), taken by the tick (slice + del).
+        self._inbox: list[Event] = []
+        self.engine: EngineThread | None = None
+        self._fixed_now = now
+        self._shown_probe: tuple[str | None, int] | None = None
+        self._queue_frames_at = 0.0
+        self._frames_at = 0.0
+        self._detail_at = 0.0
+        # replay controls
+        self.replay_index = 0
+        self.replay_t = 0.0
+        self.replay_speed = speed
+        self.replay_paused = paused
+        self.replay_done = False
+        self._replay_wake = asyncio.Event()
+        self._replay_steps = 0
+        self._unsubscribe = self.bus.subscribe(self._inbox.append)
+
+    # --- what the app is ---------------------------------------------------------------------------------
+    @property
+    def is_live(self) -> bool:
+        return self.replay is None and self.fixed_events is None and self.target is not None
+
+    def now(self) -> float:
+        """Wall-clock time for countdowns: real time live, the recording's time in a replay."""
+        if self._fixed_now is not None:
+            return self._fixed_now()
+        if self.replay is not None and self.state.wall0 is not None:
+            return self.state.wall0 + self.replay_t
+        return time.time()
+
+    # --- layout ------------------------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield HeaderBar(id="header")
+        with Horizontal(id="top"):
+            yield QueuePane(id="queue")
+            with VerticalScroll(id="stages-box", classes="pane"):
+                yield StagePane(id="stages")
+        with Horizontal(id="middle"):
+            with Vertical(id="frames-box", classes="pane"):
+                yield Input(placeholder="filter: text, type:NAME, in/out, !inverts — enter keeps, esc clears",
+                            id="filter")
+                yield FrameList(id="frames")
+            yield FrameDetail(id="detail")
+        with Horizontal(id="bottom"):
+            with VerticalScroll(id="close-box", classes="pane"):
+                yield ClosePanel(id="close")
+            with VerticalScroll(id="diagnosis-box", classes="pane"):
+                yield DiagnosisPanel(id="diagnosis")
+        yield Footer()
+
+    async def on_mount(self) -> None:
+        self.query_one("#queue").border_title = "Queue"
+        self.query_one("#stages-box").border_title = "Stages"
+        self.query_one("#frames-box").border_title = "Frames"
+        self.query_one("#detail").border_title = "Frame"
+        self.query_one("#close-box").border_title = "Close"
+        self.query_one("#diagnosis-box").border_title = "Diagnosis"
+        self.query_one("#filter", Input).display = False
+        for box in self.query(".pane"):
+            box.can_focus = False  # tab moves between the queue, the frames and the frame detail
+        self.on_resize()
+        if self.fixed_events is not None:
+            for event in self.fixed_events:
+                self._ingest(event)
+        if self.is_live:
+            self.engine = EngineThread()
+            self.engine.start()
+        if self.record_path is not None and self.engine is not None:
+            self.recorder = Recorder(self.record_path, Redactor(), self.clock.wall, notify=self.bus.publish)
+            self.bus.subscribe(self.recorder.handle)
+            await self.engine.run(self.recorder.start())  # its flush timer lives in the engine loop
+            if self.recorder.active:
+                self.info.recording = _home(self.record_path)
+            else:
+                self.info.recording_error = self.recorder.error
+        self._tick()
+        self.set_interval(TICK, self._tick, name="drain")
+        self.set_interval(1.0, self._refresh_clock, name="countdown")
+        self.query_one("#queue", QueuePane).focus()
+        if self.replay is not None:
+            self.run_worker(self._play(self.replay.events), group="replay", exclusive=True, exit_on_error=False,
+                            name="replay")
+        elif self.is_live and self.autostart:
+            self.run_worker(self._start_when_settled(), group="start", exit_on_error=False, name="start")
+
+    def on_unmount(self) -> None:
+        if self.engine is not None:
+            self.engine.stop()  # cancels a run still going; it publishes RunFinished and stops its sandbox
+        self._unsubscribe()
+        if self.recorder is not None:
+            self.recorder.close()
+
+    # --- events in (engine task; append only) -------------------------------------------------------------
+    def _ingest(self, event: Event) -> None:
+        """What the bus subscriber does (replays and tests call this): append to the inbox, nothing else."""
+        self._inbox.append(event)
+
+    # --- the tick: fold, focus, render --------------------------------------------------------------------
+    def _tick(self) -> None:
+        try:
+            self._drain()
+        except NoMatches:  # the app is closing: the panes are gone
+            pass
+
+    def _drain(self) -> None:
+        inbox = self._inbox
+        n = len(inbox)
+        arrived = inbox[:n]
+        del inbox[:n]  # the engine thread may append meanwhile: only what was taken is removed
+        pending = self.state.take(arrived) if arrived else []
+        changed = self.state.apply(pending) if pending else set()
+        self.events_seen += n
+        for event in pending:
+            if isinstance(event, Notice):
+                severity = {"error": "error", "warning": "warning"}.get(event.level, "information")
+                self.notify(event.message, severity=severity, timeout=8)  # type: ignore[arg-type]
+        with self.batch_update():
+            if changed:
+                self.query_one("#queue", QueuePane).sync(self.state, changed)
+            self._auto_focus()
+            self._render_focused(changed)
+            now = time.monotonic()
+            flowing = now - self._frames_at < FRAMES_EVERY  # a flood: redraw the frames at most every 100 ms
+            if changed or not flowing:
+                self._frames_at = now
+                if self._render_frames() or changed or self.info.mode == "replay":
+                    self._render_header()
+
+    def _auto_focus(self) -> None:
+        """Follow the running probe; stop on the run's first failure; at the end show the golden path."""
+        state = self.state
+        if not state.order:
+            return
+        if self.focus_probe is None or (not self.user_pinned and self.focus_probe not in state.probes):
+            self._focus(state.order[0])
+        if self.user_pinned:
+            return
+        if state.first_failure is not None:
+            want = state.first_failure
+        elif state.current is not None:
+            want = state.current
+        elif not state.running and state.verdict is not None:
+            want = "golden-path" if "golden-path" in state.probes else state.order[0]
+        else:
+            return
+        if want != self.focus_probe:
+            self._focus(want)
+
+    def _focus(self, probe_id: str) -> None:
+        self.focus_probe = probe_id
+        self.query_one("#queue", QueuePane).select_probe(probe_id)
+        self._shown_probe = None
+
+    def _render_focused(self, changed: set[str]) -> None:
+        probe = self.state.probes.get(self.focus_probe) if self.focus_probe else None
+        key = (self.focus_probe, probe.runs if probe else 0)
+        if key == self._shown_probe and self.focus_probe not in changed:
+            return
+        self._shown_probe = key
+        self.query_one("#stages", StagePane).show(probe, self.now)
+        self.query_one("#close", ClosePanel).show(probe)
+        self.query_one("#diagnosis", DiagnosisPanel).show(probe)
+        box = self.query_one("#stages-box")
+        box.border_title = f"Stages · {probe.id}" if probe else "Stages"
+        box.border_subtitle = probe.name if probe else ""
+        close = self.query_one("#close-box")
+        close.set_class(probe is not None and probe.close is not None
+                        and not (probe.close.by == "client" and probe.close.code == 1000), "-bad")
+        diag = self.query_one("#diagnosis-box")
+        diag.set_class(bool(probe and probe.diagnoses), "-bad")
+        diag.border_title = f"Diagnosis ({len(probe.diagnoses)})" if probe and probe.diagnoses else "Diagnosis"
+
+    def _render_frames(self) -> bool:
+        """Bring the frame list up to date; returns True when new frames arrived."""
+        frames = self.query_one("#frames", FrameList)
+        buffer = self.state.frames.get(self.focus_probe) if self.focus_probe else None
+        if buffer is not frames.live:
+            frames.show(buffer)
+        probe = self.state.probes.get(self.focus_probe) if self.focus_probe else None
+        if probe is None or probe.status in ("queued", "running"):
+            frames.empty_text = "no frames yet"
+        else:
+            frames.empty_text = "no frames: this probe exchanged no WebSocket messages"
+        moved = frames.sync()
+        if moved and probe is not None and probe.status == "running":
+            now = time.monotonic()
+            if now - self._queue_frames_at >= 0.5:  # the running probe's frame count, twice a second
+                self._queue_frames_at = now
+                self.query_one("#queue", QueuePane).sync(self.state, {probe.id})
+        box = self.query_one("#frames-box")
+        total = buffer.total if buffer is not None else 0
+        title = f"Frames · {self.focus_probe} · {total:,}" if self.focus_probe else "Frames"
+        if buffer is not None and total > buffer.cap:
+            title += f" (last {buffer.cap:,} shown)"
+        if frames.filter is not None:
+            title += f" · /{frames.filter.text} → {frames.row_count:,}"
+        box.border_title = title
+        if frames.follow:
+            box.border_subtitle = "following · space pauses"
+        else:
+            box.border_subtitle = f"paused · {frames.new_count:,} new · space/end follows"
+        detail = self.query_one("#detail", FrameDetail)
+        now = time.monotonic()
+        if not (moved and frames.follow) or now - self._detail_at >= DETAIL_EVERY:  # following a flood: 4/s
+            self._detail_at = now
+            detail.show(frames.selected())
+        return moved
+
+    def _render_header(self) -> None:
+        if self.replay is not None:
+            n = len(self.replay.events)
+            last = self.replay.events[-1].t if n else 0.0
+            self.info.replay_position = (f"event {self.replay_index:,}/{n:,} · t {self.replay_t:.2f}/{last:.2f} s"
+                                         + (" · finished" if self.replay_done else ""))
+            self.info.replay_speed = _speed_label(self.replay_speed)
+            self.info.replay_paused = self.replay_paused
+        self.info.fail_fast = self.fail_fast
+        try:
+            self.query_one("#header", HeaderBar).show(self.state, self.info, self.now)
+        except NoMatches:  # closing
+            pass
+
+    def _refresh_clock(self) -> None:
+        self._render_header()
+        self._shown_probe = None  # the auth stage's countdown
+        try:
+            self._render_focused(set())
+        except NoMatches:  # closing
+            pass
+
+    def on_resize(self) -> None:
+        size = self.size
+        self.screen.set_class(size.width < 120, "-narrow")
+        self.screen.set_class(size.height < 34, "-short")
+        self.call_after_refresh(self._resync_queue)
+
+    def _resync_queue(self) -> None:
+        self.query_one("#queue", QueuePane).sync(self.state, None)
+
+    # --- user input ---------------------------------------------------------------------------------------
+    @on(QueuePane.ProbePicked)
+    def _probe_picked(self, event: QueuePane.ProbePicked) -> None:
+        self.user_pinned = True
+        if event.probe_id != self.focus_probe:
+            self.focus_probe = event.probe_id
+            self._shown_probe = None
+            self._tick()
+
+    @on(FrameList.FollowChanged)
+    def _follow_changed(self) -> None:
+        try:
+            self._render_frames()
+        except NoMatches:  # closing
+            pass
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        self.query_one("#frames", FrameList).set_filter(event.value)
+        self._render_frames()
+
+    @on(Input.Submitted, "#filter")
+    def _filter_submitted(self) -> None:
+        self.query_one("#frames", FrameList).focus()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("rerun", "run_queue", "fail_fast"):
+            return self.replay is None
+        if action in ("step", "speed"):
+            return self.replay is not None
+        return True
+
+    def action_rerun(self) -> None:
+        if not self.is_live or self.focus_probe is None:
+            return
+        self.user_pinned = True
+        self._start_run(only=(self.focus_probe,))
+
+    def action_run_queue(self) -> None:
+        if not self.is_live:
+            return
+        self.user_pinned = False
+        self._start_run()
+
+    def action_fail_fast(self) -> None:
+        self.fail_fast = not self.fail_fast
+        self.notify(f"fail-fast {'on' if self.fail_fast else 'off'} for the next run", timeout=3)
+        self._render_header()
+
+    def action_pause(self) -> None:
+        if self.replay is not None:
+            self.replay_paused = not self.replay_paused
+            self._replay_wake.set()
+            self._render_header()
+            return
+        frames = self.query_one("#frames", FrameList)
+        frames.set_follow(not frames.follow)
+
+    def action_step(self) -> None:
+        if self.replay is None:
+            return
+        self.replay_paused = True
+        self._replay_steps += 1
+        self._replay_wake.set()
+
+    def action_speed(self, direction: int) -> None:
+        if self.replay is None:
+            return
+        i = min(range(len(SPEEDS)), key=lambda k: abs(math.log(SPEEDS[k]) - math.log(self.replay_speed))
+                if not math.isinf(SPEEDS[k]) and not math.isinf(self.replay_speed) else
+                (0 if SPEEDS[k] == self.replay_speed else 99))
+        self.replay_speed = SPEEDS[max(0, min(len(SPEEDS) - 1, i + direction))]
+        self._replay_wake.set()
+        self._render_header()
+
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.display = True
+        self.set_focus(box)  # now, not after a refresh: the keys typed next belong to the filter
+
+    def action_escape(self) -> None:
+        box = self.query_one("#filter", Input)
+        if box.display:
+            box.value = ""
+            box.display = False
+            self.query_one("#frames", FrameList).focus()
+
+    def action_copy(self) -> None:
+        frames = self.query_one("#frames", FrameList)
+        selected = frames.selected()
+        if self.screen.focused is frames and selected is not None:
+            frame, info, seq = selected
+            self.copy_to_clipboard(pretty(frame.data))
+            self.notify(f"copied frame #{seq} ({info.type or info.kind}, {frame.size:,} B)", timeout=3)
+            return
+        text = close_summary(self.state.probes.get(self.focus_probe) if self.focus_probe else None)
+        if text is None and selected is not None:
+            frame, info, seq = selected
+            self.copy_to_clipboard(pretty(frame.data))
+            self.notify(f"copied frame #{seq} ({info.type or info.kind})", timeout=3)
+            return
+        if text is None:
+            self.notify("nothing to copy: no close and no frame selected", severity="warning", timeout=3)
+            return
+        self.copy_to_clipboard(text)
+        self.notify("copied the close summary", timeout=3)
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    # --- runs (live) --------------------------------------------------------------------------------------
+    def _start_run(self, only: tuple[str, ...] | None = None) -> None:
+        """Run the queue (as selected on the command line), or only the given probes."""
+        assert self.target is not None
+        options = dataclasses.replace(self.options, only=self.options.only if only is None else only,
+                                      fail_fast=self.fail_fast)
+        self.run_worker(self._run(self.target, options), group="run", exclusive=True, exit_on_error=False,
+                        name="queue run")
+
+    async def _start_when_settled(self) -> None:
+        """Start the first run once the screen has settled (the first paints and layouts take the CPU for a
+        few hundred milliseconds; a run started meanwhile would measure them as network time)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SETTLE_MAX
+        quiet = 0
+        while quiet < 3 and loop.time() < deadline:
+            before = loop.time()
+            await asyncio.sleep(0.02)
+            quiet = quiet + 1 if loop.time() - before < 0.03 else 0
+        self._start_run()
+
+    async def _run(self, target: ResolvedTarget, options: RunOptions) -> None:
+        """The worker: await the engine (in its thread). Everything it has to say arrives as events on the bus."""
+        assert self.engine is not None
+        await self.engine.run(run_queue(self.config, target, self.bus, options, self.clock))
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.state == WorkerState.ERROR and event.worker.error is not None:
+            err = event.worker.error
+            self.notify(f"{event.worker.name} failed: {type(err).__name__}: {err}", severity="error", timeout=10)
+            self.state.running = False
+            self._render_header()
+
+    def switch_target(self, name: str) -> None:
+        from tui.cli import looks_like_production
+
+        try:
+            target = resolve_target(self.config, name)
+        except ConfigError as exc:
+            self.notify(str(exc), title="cannot switch target", severity="error", timeout=8)
+            return
+        if not target.is_sandbox:
+            from urllib.parse import urlsplit
+
+            host = urlsplit(target.base_url).hostname or ""
+            if looks_like_production(host, self.config.safety.non_production_patterns):
+                self.notify(f"{name} ({host}) looks like production; start stagewatch with --target {name} "
+                            "--allow-production if you mean it", severity="error", timeout=10)
+                return
+        self.target = target
+        if not target.is_sandbox:
+            self.options = dataclasses.replace(self.options, fault="none", expected_version=None)
+            self.info.fault = "none"
+        self.user_pinned = False
+        self.notify(f"target {name}: running the queue", timeout=3)
+        self._start_run()
+
+    def switch_fault(self, fault: str) -> None:
+        self.options = dataclasses.replace(self.options, fault=fault)
+        self.info.fault = fault
+        self.user_pinned = False
+        self._start_run()
+
+    # --- replay ------------------------------------------------------------------------------------------
+    async def _play(self, events: list[Event]) -> None:
+        """The replay worker: feed events through `_ingest` at recorded pace × speed. Never touches widgets."""
+        loop = asyncio.get_running_loop()
+        n = len(events)
+        if not n:
+            self.replay_done = True
+            return
+        self.replay_t = events[0].t
+        last_real = loop.time()
+        while self.replay_index < n:
+            if self.replay_paused:
+                if self._replay_steps:
+                    self._replay_steps -= 1
+                    self._deliver_step(events)
+                    continue
+                self._replay_wake.clear()
+                await self._replay_wake.wait()
+                last_real = loop.time()
+                continue
+            now = loop.time()
+            if math.isinf(self.replay_speed):
+                self.replay_t = events[min(n - 1, self.replay_index + REPLAY_CHUNK - 1)].t
+            else:
+                self.replay_t += (now - last_real) * self.replay_speed
+            last_real = now
+            delivered = 0
+            while self.replay_index < n and events[self.replay_index].t <= self.replay_t and \
+                    delivered < REPLAY_CHUNK:
+                self._ingest(events[self.replay_index])
+                self.replay_index += 1
+                delivered += 1
+            if self.replay_index >= n:
+                break
+            if delivered >= REPLAY_CHUNK:
+                await asyncio.sleep(0)
+                continue
+            wait = (events[self.replay_index].t - self.replay_t) / self.replay_speed
+            self._replay_wake.clear()
+            try:
+                await asyncio.wait_for(self._replay_wake.wait(), min(max(wait, 0.001), 0.25))
+            except TimeoutError:
+                pass
+        self.replay_done = True
+        self.replay_t = events[-1].t
+
+    def _deliver_step(self, events: list[Event]) -> None:
+        """One step: the next event, or the whole burst of frames that comes next."""
+        n = len(events)
+        if self.replay_index >= n:
+            return
+        first = events[self.replay_index]
+        self._ingest(first)
+        self.replay_index += 1
+        if type(first) is Frame:
+            while self.replay_index < n and type(events[self.replay_index]) is Frame:
+                self._ingest(events[self.replay_index])
+                self.replay_index += 1
+        self.replay_t = events[self.replay_index - 1].t
+
+
+def run_app(config: Config, target: ResolvedTarget | None, options: RunOptions, record_path: Path | None,
+            replay_path: Path | None) -> int:
+    """Open the app (live against `target`, or replaying `replay_path`); returns the process exit code."""
+    replay: Replay | None = None
+    if replay_path is not None:
+        try:
+            replay = read_recording(replay_path)
+        except RecordingError as exc:
+            sys.stderr.write(f"stagewatch: error: {exc}\n")
+            return 2
+    elif target is None:
+        sys.stderr.write("stagewatch: error: no target to probe\n")
+        return 2
+    app = StagewatchApp(config, target, options, record_path, replay, replay_name=_home(replay_path or ""))
+    app.run()
+    return app.return_code or 0  # 0 after quitting; 1 if the app itself crashed (Textual printed why)

@@ -1,0 +1,64 @@
+"""The command palette (ctrl+p): the app's actions by name, plus "switch target" and "sandbox fault"."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING
+
+from textual.command import DiscoveryHit, Hit, Hits, Provider
+
+from probes.sandbox import FAULTS
+
+if TYPE_CHECKING:
+    from tui.app import StagewatchApp
+
+
+class StagewatchCommands(Provider):
+    """Every key's action, each target of the config, and (live, sandbox) each fault."""
+
+    def _commands(self) -> list[tuple[str, str, Callable[[], object]]]:
+        app: StagewatchApp = self.app  # type: ignore[assignment]
+        commands: list[tuple[str, str, Callable[[], object]]] = []
+        if app.is_live:
+            commands += [
+                ("Rerun focused probe", "Run the focused probe again (r)", app.action_rerun),
+                ("Run the queue", "Run every probe in priority order (R)", app.action_run_queue),
+                ("Toggle fail-fast", "Stop the queue at the first failing probe (f)", app.action_fail_fast),
+            ]
+        else:
+            commands += [
+                ("Step replay", "Deliver the next event of the recording (n)", app.action_step),
+                ("Replay faster", "Double the replay speed (+)", partial(app.action_speed, 1)),
+                ("Replay slower", "Halve the replay speed (-)", partial(app.action_speed, -1)),
+            ]
+        commands += [
+            ("Pause / follow", "Pause the replay, or toggle following new frames (space)", app.action_pause),
+            ("Filter frames", "Show only frames matching a text or type:NAME (/)", app.action_filter),
+            ("Copy frame or close summary", "Copy the selected frame, else the close summary (c)",
+             app.action_copy),
+            ("Show keys", "The help screen (?)", app.action_help),
+            ("Quit", "Leave stagewatch (q)", app.action_quit),
+        ]
+        if app.is_live:
+            for name in app.config.targets:
+                current = " (current)" if app.target is not None and app.target.name == name else ""
+                commands.append((f"Switch target: {name}{current}", f"Probe target {name!r} from the config",
+                                 partial(app.switch_target, name)))
+            if app.target is not None and app.target.is_sandbox:
+                for fault, text in FAULTS.items():
+                    commands.append((f"Sandbox fault: {fault}", text, partial(app.switch_fault, fault)))
+        return commands
+
+    async def discover(self) -> Hits:
+        for name, help_text, callback in self._commands():
+            if name.startswith("Sandbox fault"):
+                continue
+            yield DiscoveryHit(name, callback, help=help_text)
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for name, help_text, callback in self._commands():
+            score = matcher.match(name)
+            if score > 0:
+                yield Hit(score, matcher.highlight(name), callback, help=help_text)

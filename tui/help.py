@@ -1,0 +1,63 @@
+"""The `?` help screen: every key, what the panes show, and how to read a close."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Markdown
+
+HELP = """\
+# stagewatch — keys
+
+| key | what it does |
+|---|---|
+| `r` | rerun the focused probe |
+| `R` | run the whole queue again (P0 first) |
+| `f` | fail-fast on/off for the next run (stop at the first failing probe) |
+| `space` | live: pause/resume following new frames · replay: pause/resume |
+| `n` / `→` | replay: step to the next event (a burst of frames counts as one) |
+| `+` / `-` | replay: faster / slower |
+| `/` | filter frames: words match type, summary or text; `type:NAME`, `in`, `out`; `!` inverts; `esc` clears |
+| `c` | copy the selected frame (frames pane focused), else the close summary and diagnosis |
+| `tab` / `shift+tab` | move between the queue and the frames |
+| `↑ ↓ pgup pgdn home end` | move in the focused list; `end` resumes following |
+| `ctrl+p` | command palette: the same actions, switch target, sandbox fault |
+| `?` | this help · `q` quit |
+
+## The panes
+
+* **Queue** — probes by priority: glyph (✔ pass, ✘ fail, ! error, – skipped, ▶ running), time, last result.
+  Moving the cursor focuses a probe; until you do, the focus follows the running probe and stops on the
+  first failure.
+* **Stages** — the focused probe's path, each stage with status, duration and what the engine saw.
+* **Frames** — every frame: ↓ received / ↑ sent, time since the connection was accepted, size, type, summary.
+  The newest is followed; move up and the border counts the new ones. The last 5,000 frames per probe are
+  shown; the recording on disk has them all.
+* **Close** — code and RFC 6455 name, reason, who closed first, time since accept. 1005, 1006 and 1015 are
+  never sent by a peer: your client reports them when no close frame arrived.
+* **Diagnosis** — the engine's rules over the evidence, with the next step to take.
+
+Press `esc`, `q` or `?` to close this screen.
+"""
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [
+        Binding("escape,q,question_mark", "dismiss", "Close help", id="close-help"),
+    ]
+    DEFAULT_CSS = """
+    HelpScreen { align: center middle; }
+    HelpScreen > VerticalScroll {
+        width: 100; max-width: 95%; height: 85%;
+        border: round $accent; background: $surface; padding: 0 1;
+    }
+    """
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll():
+            yield Markdown(HELP)
+
+    async def action_dismiss(self, result: None = None) -> None:
+        self.dismiss(result)

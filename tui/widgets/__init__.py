@@ -1,0 +1,1 @@
+"""The panes of the stagewatch screen, one module per screen area."""

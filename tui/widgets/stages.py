@@ -1,0 +1,139 @@
+"""The stage strip of the focused probe: health → auth → connect → … with status colour, duration and detail.
+
+The first line is the path at a glance; below it one row per stage with what the engine saw (HTTP status and
+build, token subject and a live expiry countdown, subprotocol echo, which agent events arrived and when, the
+response excerpt).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from rich.console import Group
+from rich.text import Text
+from textual.widgets import Static
+
+from tui.state import ProbeState, StageState, fmt_countdown, fmt_ms
+from tui.widgets.theme import STATUS_WORD, glyph, status_color
+
+
+class StagePane(Static):
+    """Shows one probe's stages; `show(probe, now)` re-renders it (cheap: a handful of rows)."""
+
+    DEFAULT_CSS = """
+    StagePane { width: 1fr; height: auto; }
+    """
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.plain = ""
+        self._key = ""
+        self._drawn: str | None = None
+        self._last: tuple[ProbeState | None, Callable[[], float]] | None = None
+
+    def on_resize(self) -> None:
+        if self._last is not None:
+            self.show(*self._last)  # details wrap to the width
+
+    def _set(self, renderable: object) -> None:
+        if self._key == self._drawn:  # unchanged: no re-render, no layout
+            return
+        self._drawn = self._key
+        self.update(renderable)  # type: ignore[arg-type]
+
+    def show(self, probe: ProbeState | None, now: Callable[[], float]) -> None:
+        self._last = (probe, now)
+        self._key = ""
+        if probe is None:
+            self.plain = self._key = "no probe selected"
+            self._set(Text(self.plain, style="dim"))
+            return
+        if not probe.stages:
+            self.plain = self._key = f"{probe.id}: queued, waiting for its turn"
+            self._set(Text(self.plain, style="dim"))
+            return
+        strip = Text()
+        for i, stage in enumerate(probe.stages.values()):
+            if i:
+                strip.append(" → ", style="dim")
+            color = status_color(self.app, stage.status)
+            strip.append(f"{glyph(stage.status)} {stage.name}", style=f"bold {color}")
+            if stage.duration_ms is not None and stage.status != "skip":
+                strip.append(f" {fmt_ms(stage.duration_ms)}", style=color)
+        # Rows are laid out here (fixed columns, details wrapped under themselves): a Rich Table would be
+        # measured on every layout, which costs more than the rest of the screen together.
+        width = max(40, self.size.width or 100)
+        name_w = max(10, max(len(n) for n in probe.stages) + 1)
+        indent = 2 + name_w + 8 + 9 + 1
+        below = width - indent < 30  # narrow: each detail on its own lines under the stage
+        if below:
+            indent = 4
+        rows = Text(no_wrap=True, overflow="crop")
+        lines = [strip.plain]
+        bad, warn = status_color(self.app, "fail"), status_color(self.app, "error")
+        for stage in probe.stages.values():
+            color = status_color(self.app, stage.status)
+            word = STATUS_WORD.get(stage.status, stage.status)
+            took = fmt_ms(stage.duration_ms) if stage.status not in ("skip", "queued") else ""
+            detail = stage_detail(stage, now, bad, warn)
+            rows.append(f"{glyph(stage.status)} ", style=f"bold {color}")
+            rows.append(f"{stage.name:<{name_w}}", style="bold" if stage.status in ("fail", "error") else "")
+            rows.append(f"{word:<7} ", style=f"bold {color}" if stage.status != "skip" else color)
+            rows.append(f"{took:>8} ")
+            if below:
+                rows.append("\n")
+            for i, part in enumerate(detail.wrap(self.app.console, width - indent, no_wrap=False)):
+                if i or below:
+                    rows.append(" " * indent)
+                part.rstrip()
+                rows.append_text(part)
+                rows.append("\n")
+            if not detail.plain and not below:
+                rows.append("\n")
+            lines.append(f"{stage.name} {word} {took} {detail.plain}")
+        rows.rstrip()
+        self.plain = "\n".join(lines)
+        self._key = f"{width}\n{self.plain}"
+        self._set(Group(strip, Text(""), rows))
+
+
+def stage_detail(stage: StageState, now: Callable[[], float], bad: str = "red", warn: str = "yellow") -> Text:
+    """What to say about one stage, from its detail and evidence."""
+    ev: dict[str, Any] = stage.evidence
+    if stage.status == "running":
+        return Text("running…", style="italic")
+    if stage.status == "queued":
+        return Text("")
+    text = Text(stage.detail, style="dim" if stage.status == "skip" else "")
+    if "exp" in ev or "sub" in ev:  # auth: a live countdown instead of the value at mint time
+        parts = [str(ev.get("source") or "token")]
+        if ev.get("sub"):
+            parts.append(f"sub {ev['sub']}")
+        if ev.get("token"):
+            parts.append(f"token {ev['token']}")
+        text = Text(" · ".join(parts))
+        exp = ev.get("exp")
+        if isinstance(exp, (int, float)):
+            left = exp - now()
+            text.append(" · ")
+            text.append(f"expires {fmt_countdown(left)}", style=f"bold {bad}" if left < 60 else "bold")
+        if stage.status in ("fail", "error"):
+            text = Text(stage.detail)
+    if ev.get("subprotocol_not_echoed"):
+        text.append("\nsubprotocol offered but NOT echoed: browsers refuse this handshake", style=f"bold {warn}")
+    events = ev.get("events")
+    if isinstance(events, list) and events:
+        text.append("\n")
+        for i, item in enumerate(events[:12]):
+            if isinstance(item, (list, tuple)) and len(item) == 2:
+                if i:
+                    text.append(" · ", style="dim")
+                text.append(str(item[0]))
+                text.append(f" +{fmt_ms(item[1])}" if isinstance(item[1], (int, float)) else "", style="dim")
+        if len(events) > 12:
+            text.append(f" · … {len(events) - 12} more", style="dim")
+    missing = ev.get("missing")
+    if isinstance(missing, list) and missing:
+        text.append(f"\nmissing: {', '.join(map(str, missing))}", style=f"bold {bad}")
+    return text
