@@ -36,6 +36,7 @@ from .wire import TappedConnection
 
 FRAME_KEEP = 64 * 1024  # bytes of each frame kept in events (the size is always exact)
 BODY_KEEP = 2048  # bytes of a failed upgrade's body kept as evidence
+HTTP_BODY_MAX = 1 << 20  # an HTTP answer (health, auth endpoint, echo) is not read past this
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
@@ -184,6 +185,7 @@ class ProbeRun:
         except Exception as exc:  # our own bug: report it as an error of this stage, keep the app alive
             detail, evidence, status = f"internal error: {type(exc).__name__}: {exc}", {}, "error"
         detail = self.ctx.redactor.text(detail)
+        evidence = self.ctx.redactor.tree(evidence)  # server text (error frames, bodies) may echo our token
         self._emit(StageFinished(self._t(), self.probe.id, step.name, status, _ms(start), detail, evidence))
         return status
 
@@ -193,8 +195,12 @@ class ProbeRun:
         assert self.ctx.http is not None
         start = time.monotonic()
         try:
-            resp = await self.ctx.http.get(url, headers=dict(self.p.headers),
-                                           timeout=self.ctx.target.timeouts.http)
+            resp = await bounded_request(self.ctx.http, "GET", url, self.ctx.target.timeouts.http,
+                                         headers=dict(self.p.headers))
+        except BodyTooLarge as exc:
+            self._emit(HttpExchange(self._t(), self.probe.id, stage, "GET", url, exc.status, {}, "", _ms(start),
+                                    f"too-large: {exc}"))
+            raise StageFailed(f"GET {urlsplit(url).path or '/'}: {exc}", error="too-large", url=url) from None
         except httpx.HTTPError as exc:
             kind, text = _http_error(exc, self.ctx.target.timeouts.http)
             self._emit(HttpExchange(self._t(), self.probe.id, stage, "GET", url, None, {}, "", _ms(start),
@@ -240,8 +246,10 @@ class ProbeRun:
             assert a.endpoint is not None and self.ctx.http is not None
             self.ctx.check_host(a.endpoint.url)
             try:
-                resp = await self.ctx.http.request(a.endpoint.method, a.endpoint.url, json=a.endpoint.json_body,
-                                                   timeout=self.ctx.target.timeouts.http)
+                resp = await bounded_request(self.ctx.http, a.endpoint.method, a.endpoint.url,
+                                             self.ctx.target.timeouts.http, json=a.endpoint.json_body)
+            except BodyTooLarge as exc:
+                raise StageFailed(f"auth endpoint: {exc}") from None
             except httpx.HTTPError as exc:
                 raise StageFailed(f"auth endpoint: {_http_error(exc, self.ctx.target.timeouts.http)[1]}") from None
             if resp.status_code >= 400:
@@ -518,8 +526,9 @@ class ProbeRun:
         url = self.ctx.base_url + path
         try:
             self.ctx.check_host(url)
-            resp = await self.ctx.http.get(url, headers=self.sent_headers, timeout=self.ctx.target.timeouts.http)
-        except (httpx.HTTPError, HostNotAllowed) as exc:
+            resp = await bounded_request(self.ctx.http, "GET", url, self.ctx.target.timeouts.http,
+                                         headers=self.sent_headers)
+        except (httpx.HTTPError, HostNotAllowed, BodyTooLarge) as exc:
             return {"url": path, "error": type(exc).__name__}
         result: dict[str, Any] = {"url": path, "status": resp.status_code}
         seen = _echoed_headers(parse_json(resp.text))
@@ -665,6 +674,37 @@ class _ConnClosed(Exception):
 
 # --- helpers ------------------------------------------------------------------------------------------------
 
+class BodyTooLarge(Exception):
+    def __init__(self, status: int, limit: int) -> None:
+        super().__init__(f"answer larger than {limit // 1024} KiB (HTTP {status}); not read further")
+        self.status = status
+
+
+async def bounded_request(http: httpx.AsyncClient, method: str, url: str, limit: float,
+                          **kwargs: Any) -> httpx.Response:
+    """One HTTP exchange, whole answer within `limit` seconds and at most HTTP_BODY_MAX bytes of body.
+
+    httpx's timeout bounds each read, not the exchange: a server trickling an endless body would hold the stage
+    forever. The deadline covers the whole exchange (reported as httpx.ReadTimeout, like httpx's own timeouts).
+    """
+    answered = False
+    try:
+        async with asyncio.timeout(limit):
+            async with http.stream(method, url, timeout=limit, **kwargs) as resp:
+                answered = True
+                body = bytearray()
+                async for chunk in resp.aiter_bytes():  # decoded (gzip…) chunks: the cap holds for bombs too
+                    body += chunk
+                    if len(body) > HTTP_BODY_MAX:
+                        raise BodyTooLarge(resp.status_code, HTTP_BODY_MAX)
+                kept = [(k, v) for k, v in resp.headers.multi_items() if k.lower() not in _DECODED_AWAY]
+                return httpx.Response(resp.status_code, headers=kept, content=bytes(body), request=resp.request)
+    except TimeoutError:
+        raise httpx.ReadTimeout(f"no {'complete ' if answered else ''}answer within {limit:g} s") from None
+
+
+_DECODED_AWAY = frozenset({"content-encoding", "transfer-encoding", "content-length"})  # body is stored decoded
+
 def _header(headers: Any, name: str) -> str | None:
     """The first value of a header, tolerating servers that send it twice."""
     values = headers.get_all(name) if hasattr(headers, "get_all") else [headers.get(name)]
@@ -775,7 +815,8 @@ def _causes(exc: BaseException) -> list[BaseException]:
 
 def _http_error(exc: httpx.HTTPError, timeout: float) -> tuple[str, str]:
     if isinstance(exc, httpx.TimeoutException):
-        return "timeout", f"no answer within {timeout:g} s"
+        text = str(exc)
+        return "timeout", text if text.startswith("no ") else f"no answer within {timeout:g} s"
     causes = _causes(exc)
     for kind in (ssl.SSLError, socket.gaierror, ConnectionRefusedError, ConnectionResetError):
         found = next((c for c in causes if isinstance(c, kind)), None)

@@ -57,11 +57,11 @@ def select_probes(config: Config, options: RunOptions) -> list[ProbeDef]:
 
 
 def target_hosts(target: ResolvedTarget, base_url: str) -> frozenset[str]:
+    """The hosts probes may contact: base and ws hosts and allowed_hosts. An auth endpoint is not added: config
+    validation requires it to be on one of these, and the engine checks again before sending credentials."""
     hosts = {urlsplit(base_url).hostname or ""}
     if target.ws_url:
         hosts.add(urlsplit(target.ws_url).hostname or "")
-    if target.auth.endpoint is not None:
-        hosts.add(urlsplit(target.auth.endpoint.url).hostname or "")
     hosts.update(h.lower() for h in target.allowed_hosts)
     return frozenset(h.lower() for h in hosts if h)
 

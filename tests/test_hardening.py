@@ -362,12 +362,7 @@ async def endless_health(pace: float, chunk: int) -> AsyncIterator[str]:
         server.close()
 
 
-HTTP_DEADLINE = ("probe.py _get() bounds each read (httpx timeout) but not the whole exchange, and reads the "
-                 "whole body: a trickling or endless /health body holds the stage forever (and fills memory). "
-                 "Fix proposed in the report: asyncio.timeout(timeouts.http) around a streamed, capped read")
 
-
-@pytest.mark.xfail(strict=True, reason=HTTP_DEADLINE)
 @pytest.mark.parametrize("pace, chunk", [(0.3, 1), (0.01, 65536)], ids=["trickle", "endless"])
 async def test_health_body_that_never_ends_times_out(fast: Config, pace: float, chunk: int) -> None:
     async with endless_health(pace, chunk) as url:
@@ -532,8 +527,6 @@ def load_config_text(text: str) -> Config:
     return parse_config(text, "test.yaml")
 
 
-@pytest.mark.xfail(strict=True, reason="runner.target_hosts() adds auth.endpoint's host to the allowed hosts, "
-                                       "so RunContext.check_host never blocks it (proposed fix in the report)")
 async def test_engine_blocks_auth_endpoint_outside_the_target(fast: Config) -> None:
     """Defence in depth: a ResolvedTarget built without resolve_target still cannot reach another host."""
     async with counting_listener("127.0.0.2") as (port, seen):

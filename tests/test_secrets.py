@@ -167,10 +167,6 @@ async def test_server_echoing_the_token_and_secret_recording_is_clean(leaky_run:
     art.assert_clean([token])  # ...redacted
 
 
-@pytest.mark.xfail(strict=True, reason="probe.py puts the server's error text into StageFinished.evidence "
-                                       "['error_frame'] unredacted (cut to 160 chars); diagnosis evidence carries "
-                                       "it into stdout -v and the JSON/JUnit/Markdown reports. Fix: in "
-                                       "ProbeRun._stage, evidence = self.ctx.redactor.tree(evidence)")
 async def test_server_echoing_the_token_and_secret_reports_are_clean(leaky_run: tuple[Artifacts, str]) -> None:
     art, token = leaky_run
     art.assert_clean([token])
