@@ -8,6 +8,7 @@ import base64
 import os
 import re
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,7 +68,9 @@ def read_secret(auth: Auth, env: Mapping[str, str], *, loopback_port: int | None
 def mint(auth: Auth, secret: str, *, now: float | None = None) -> tuple[str, dict[str, Any]]:
     now = time.time() if now is None else now
     claims = {**auth.claims, "iat": int(now), "exp": int(now) + auth.ttl_s}
-    return jwt.encode(claims, secret, algorithm=auth.algorithm), claims
+    with warnings.catch_warnings():  # a short staging key is the backend's choice, not something to fix here
+        warnings.simplefilter("ignore")
+        return jwt.encode(claims, secret, algorithm=auth.algorithm), claims
 
 
 def decode_unverified(token: str) -> dict[str, Any]:
@@ -94,6 +97,19 @@ def mint_token(auth: Auth, env: Mapping[str, str] | None = None, *, loopback_por
         secret, source = read_secret(auth, env, loopback_port=loopback_port)
     token, claims = mint(auth, secret)
     return TokenInfo(token, f"minted {auth.algorithm} with {source}", claims)
+
+
+def credentials_problem(auth: Auth, env: Mapping[str, str], *, loopback_port: int | None = None) -> str | None:
+    """Why no token can be had before anything is sent (a missing env var), or None. Endpoint mode is only
+    known by asking, and 'none' needs nothing."""
+    try:
+        if auth.mode == "mint":
+            read_secret(auth, env, loopback_port=loopback_port)
+        elif auth.mode == "env":
+            token_from_env(auth, env)
+    except AuthError as exc:
+        return str(exc)
+    return None
 
 
 def b64url(token: str, *, padding: bool = False) -> str:

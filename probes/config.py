@@ -122,10 +122,11 @@ class Protocol(_Model):
     final_event: str = "agent_completed"
     error_types: list[str] = Field(default_factory=lambda: ["error", "agent_error"])
     response_types: list[str] = Field(default_factory=lambda: [
-        "agent_completed", "agent_response", "final_response", "response"])
+        "agent_completed", "agent_response", "final_response", "response", "message", "assistant_message"])
     response_paths: list[str] = Field(default_factory=lambda: [
-        "payload.response", "payload.result.response", "payload.result", "payload.content",
-        "payload.message", "data.response", "data.result", "data.content", "response", "content", "result"])
+        "payload.response", "payload.result.response", "payload.result", "payload.content", "payload.message",
+        "payload.text", "data.response", "data.result", "data.content", "data.message", "data.text", "response",
+        "content", "result", "text", "message"])
     headers: dict[str, str] = Field(default_factory=lambda: {"X-E2E-Test": "true"})
     max_frame_bytes: int = Field(2**20, gt=0)
 

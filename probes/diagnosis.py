@@ -21,6 +21,8 @@ from .evidence import Evidence, StageOutcome
 from .frames import classify
 
 AUTH_CLOSE_CODES = frozenset({1008, 4001, 4003, 4401, 4403})
+# Close codes whose own rule explains them (restart, too big, server error, not ready, protocol errors).
+SPECIFIC_CLOSE_CODES = frozenset({1001, 1002, 1003, 1007, 1009, 1010, 1011, 1012, 1013})
 PROXY_TIMERS_S = {30: "GCP load balancer backend timeout (30 s default)",
                   60: "nginx proxy_read_timeout / AWS ALB idle timeout (60 s default)",
                   100: "Cloudflare proxy read timeout (100 s)",
@@ -129,7 +131,7 @@ class Facts:
         frames = [f for f in self.ev.recent_frames() if f.direction == "in"]
         if not frames:
             return "no frame arrived from the server before the close"
-        shown = "; ".join(classify(f.data, self.protocol.type_field).summary[:50] for f in frames[-3:])
+        shown = "; ".join(_cut(classify(f.data, self.protocol.type_field).summary, 60) for f in frames[-3:])
         return f"last frames from the server: {shown}"
 
     def status_line(self) -> str:
@@ -138,6 +140,61 @@ class Facts:
 
 
 Rule = Callable[[Facts], list[str] | None]
+
+
+def _cut(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    head = text[: limit - 1]
+    return (head.rsplit(" ", 1)[0] if " " in head[limit // 2:] else head) + "…"
+
+
+def _secret_missing(f: Facts) -> list[str] | None:
+    if f.fe.get("secret_missing"):
+        return [f.failed.detail if f.failed else "no credentials"]
+    return None
+
+
+def _upgrade_dropped(f: Facts) -> list[str] | None:
+    if f.step == "connect" and f.fe.get("error") == "dropped":
+        return [f"{f.failed.name}: {f.failed.detail}" if f.failed else "", f"url: {f.fe.get('url', '?')}"]
+    return None
+
+
+def _no_answer(f: Facts) -> list[str] | None:
+    if f.step == "http" and f.fe.get("error") == "timeout":
+        return [f"{f.failed.name}: {f.failed.detail}" if f.failed else "", f"url: {f.fe.get('url', '?')}"]
+    if f.step == "connect" and f.fe.get("timeout") and f.status is None:
+        return [f"{f.failed.name}: {f.failed.detail}" if f.failed else "", f"url: {f.fe.get('url', '?')}"]
+    return None
+
+
+def _health_http_error(f: Facts) -> list[str] | None:
+    if f.step == "http" and f.status is not None and 300 <= f.status <= 499:
+        where = f" to {f.fe['location']}" if f.fe.get("location") else ""
+        kind = "a redirect" + where if f.status < 400 else f"HTTP {f.status}"
+        return [f"{f.failed.name}: {f.failed.detail}" if f.failed else "", f"the health endpoint answered {kind}"]
+    return None
+
+
+PROTOCOL_CLOSE_CODES = frozenset({1002, 1003, 1007, 1010})
+
+
+def _protocol_error(f: Facts) -> list[str] | None:
+    c = next((c for c in f.ev.closes if c.code in PROTOCOL_CLOSE_CODES), None)
+    if c is None or f.failed is None:
+        return None
+    blame = "the server's frames broke the protocol" if c.by == "client" else "the server says ours did"
+    return [f.close_line(c), blame, f.frames_line()]
+
+
+def _closed_during_run(f: Facts) -> list[str] | None:
+    c = f.close
+    if c is None or f.failed is None or not f.ready_seen or c.by != "server":
+        return None
+    if c.code in AUTH_CLOSE_CODES or c.code in SPECIFIC_CLOSE_CODES:
+        return None  # those have rules of their own
+    return [f.close_line(c), f"during stage {f.failed.name}, after {f.protocol.ready_type}", f.frames_line()]
 
 
 def _dns_or_refused(f: Facts) -> list[str] | None:
@@ -193,14 +250,35 @@ def _auth_header_stripped(f: Facts) -> list[str] | None:
     return None
 
 
+def _skew_explains(skew: float, iat: Any, exp: Any) -> bool:
+    """Whether a server clock `skew` s ahead (negative: behind) makes a token look expired or not yet issued.
+
+    Ahead: the server's now (about iat + skew) passes exp. Behind: iat lies in the server's future by more than
+    the usual leeway. Without iat/exp, any skew over the limit is taken as the explanation.
+    """
+    if not isinstance(iat, (int, float)) or not isinstance(exp, (int, float)):
+        return True
+    if skew > 0:
+        return iat + skew >= exp - SKEW_LIMIT_S
+    return -skew >= SKEW_LIMIT_S
+
+
 def _clock_skew(f: Facts) -> list[str] | None:
     skew = f.skew_s
     if skew is None or abs(skew) < SKEW_LIMIT_S or not (f.auth_refused or f.fe.get("token_expired")):
         return None
+    iat, exp = f.token_claims.get("iat"), f.token_claims.get("exp")
+    if not _skew_explains(skew, iat, exp):
+        return None  # a skew the token's lifetime absorbs does not explain the refusal
     side = "ahead of" if skew > 0 else "behind"
-    return [f"the server's Date header is {abs(skew):.0f} s {side} this machine's clock",
-            f"token lifetime: iat {f.token_claims.get('iat')}, exp {f.token_claims.get('exp')}",
+    lifetime = (f"token valid {_utc(iat)} → {_utc(exp)} ({(exp - iat) / 60:.0f} min)"
+                if isinstance(iat, (int, float)) and isinstance(exp, (int, float)) else "token lifetime unknown")
+    return [f"the server's Date header is {abs(skew):.0f} s {side} this machine's clock", lifetime,
             f.status_line() if f.upgrade_refused else (f.close_line(f.close) if f.close else "")]
+
+
+def _utc(epoch: float) -> str:
+    return time.strftime("%H:%M:%S UTC", time.gmtime(epoch))
 
 
 def _token_expired(f: Facts) -> list[str] | None:
@@ -237,7 +315,7 @@ def _auth_rejected(f: Facts) -> list[str] | None:
 def _no_upgrade(f: Facts) -> list[str] | None:
     if f.upgrade_refused and f.status is not None and (200 <= f.status < 400 or f.status in (404, 405, 426)):
         return [f.status_line(), f"url: {f.fe.get('url', '?')}"]
-    if f.step == "connect" and f.fe.get("handshake_error"):
+    if f.step == "connect" and f.fe.get("handshake_error") and f.fe.get("error") != "dropped":
         return [f"invalid handshake: {f.fe.get('handshake_error')}"]
     return None
 
@@ -296,7 +374,7 @@ def _closed_before_ready(f: Facts) -> list[str] | None:
     c = f.close
     if c is None or f.failed is None or f.ready_seen or c.by != "server":
         return None
-    if c.code in AUTH_CLOSE_CODES or c.code in (1001, 1009, 1011, 1012, 1013):
+    if c.code in AUTH_CLOSE_CODES or c.code in SPECIFIC_CLOSE_CODES:
         return None  # those have rules of their own
     return [f.close_line(c), f"no {f.protocol.ready_type} frame before the close", f.frames_line()]
 
@@ -357,17 +435,30 @@ class RuleRow:
 
 
 RULES: tuple[RuleRow, ...] = (
+    RuleRow("secret-missing", _secret_missing,
+            "no token could be made or found: the secret or token environment variable is not set",
+            "export the variable the config names (auth.secret_env / auth.token_env), or change auth.mode"),
     RuleRow("dns-or-refused", _dns_or_refused,
             "the host could not be reached: DNS failed or nothing listens on that port",
             "check the URL and port, that the service is deployed, and DNS from this network"),
     RuleRow("tls-error", _tls_error, "the TLS handshake failed (certificate or protocol)",
             "check the certificate chain and hostname; --insecure only to confirm it is TLS"),
+    RuleRow("upgrade-dropped", _upgrade_dropped,
+            "the server or a proxy closed the TCP connection without answering the upgrade request",
+            "check the proxy/load balancer logs and that the backend process is up and not crashing on connect"),
+    RuleRow("no-answer", _no_answer,
+            "the host accepted the connection but sent no (complete) answer in time: hung, overloaded, or a "
+            "firewall dropping packets",
+            "check the service's load and logs; a firewall or security group that drops instead of refusing"),
     RuleRow("not-ready", _not_ready,
             "the service is up but not serving yet (502/503/504 or 1013): cold start or a deploy in progress",
             "wait for the rollout to finish and watch health; check readiness probes and startup logs"),
     RuleRow("version-mismatch", _version_mismatch,
             "the deployed build is not the one expected: staging still serves old code",
             "check the rollout status (old revision still taking traffic?) and the build that was deployed"),
+    RuleRow("health-http-error", _health_http_error,
+            "the health endpoint answered a redirect or a 4xx: wrong path, a login page, or http→https",
+            "check protocol.health_paths and the base URL's scheme; a redirect's Location says where it points"),
     RuleRow("auth-header-stripped", _auth_header_stripped,
             "the token never reached the backend: a proxy or load balancer stripped the auth header/subprotocol",
             "check the ingress/load balancer config forwards Authorization and Sec-WebSocket-Protocol"),
@@ -398,6 +489,10 @@ RULES: tuple[RuleRow, ...] = (
             "raise the idle/request timeout on the proxy, or send keepalive pings more often than it"),
     RuleRow("message-too-big", _too_big, "a frame exceeded the receiver's size limit (1009)",
             "shrink the message or raise protocol.max_frame_bytes / the server's limit"),
+    RuleRow("protocol-error", _protocol_error,
+            "a WebSocket protocol violation (1002 protocol error, 1003 unsupported data, 1007 invalid UTF-8, "
+            "1010 extension)",
+            "capture the offending frame (stagewatch replay shows the last frames) and fix the sender"),
     RuleRow("server-error", _server_error, "the server hit an internal error (1011 or HTTP 5xx)",
             "look at the backend logs at the time of the close for the exception"),
     RuleRow("restart-during-run", _restart,
@@ -411,6 +506,9 @@ RULES: tuple[RuleRow, ...] = (
             "the handshake",
             "check that the auth header and subprotocol reach the backend and the backend's logs for why it "
             "cleaned up the session"),
+    RuleRow("closed-during-run", _closed_during_run,
+            "the server ended the session cleanly in the middle of the run, before it finished",
+            "check the backend's logs for why it closed the session (timeouts, cleanup, a handler returning early)"),
     RuleRow("ready-timeout", _ready_timeout,
             "the server accepted the connection but never sent the ready frame",
             "check the backend's connection setup (it may be blocked on a dependency) and protocol.ready_type"),

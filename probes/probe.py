@@ -219,8 +219,10 @@ class ProbeRun:
             url = self.ctx.base_url + path
             resp = await self._get(url, step.name)
             if not 200 <= resp.status_code < 300:
-                raise StageFailed(f"GET {path}: HTTP {resp.status_code} {resp.reason_phrase}",
-                                  http_status=resp.status_code, url=url)
+                location = resp.headers.get("location")
+                raise StageFailed(f"GET {path}: HTTP {resp.status_code} {resp.reason_phrase}"
+                                  + (f" → {self.ctx.redactor.text(location)}" if location else ""),
+                                  http_status=resp.status_code, url=url, location=location)
             value = parse_json(resp.text)
             version = _version_of(value, self.p.version_field)
             if version is not None:
@@ -348,6 +350,9 @@ class ProbeRun:
         except InvalidURI as exc:
             raise StageFailed(f"invalid WebSocket URL: {exc}", "error", **ev) from None
         except InvalidHandshake as exc:
+            if any(isinstance(c, (EOFError, ConnectionError)) for c in _causes(exc)):
+                raise StageFailed("the connection was closed before any HTTP answer to the upgrade",
+                                  error="dropped", handshake_error=str(exc), **ev) from None
             raise StageFailed(f"invalid handshake: {exc}", handshake_error=str(exc), **ev) from None
         except TimeoutError:
             limit = step.timeout or self.ctx.target.timeouts.connect

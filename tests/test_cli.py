@@ -138,3 +138,15 @@ def test_watch_repeats_rounds_and_counts_each(tmp_path):
     verdicts = [line for line in proc.stdout.splitlines() if line.startswith("verdict:")]
     assert len(verdicts) == 3 and all("1/1 probes passed" in v for v in verdicts)
     assert proc.stdout.rstrip().endswith("rounds: 3, failed: 0")
+
+
+def test_missing_signing_secret_is_a_config_error(tmp_path):
+    port = _free_port()  # nothing listens: the check happens before anything is sent
+    out = _stagewatch("run", "--url", f"http://127.0.0.1:{port}", "--no-record", cwd=tmp_path)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr == (f"stagewatch: error: target 'http://127.0.0.1:{port}': environment variable JWT_SECRET_KEY "
+                          "is not set (the JWT signing secret); export it, or set auth.mode in the config\n")
+    health_only = _stagewatch("run", "--url", f"http://127.0.0.1:{port}", "--no-record", "--only", "health",
+                              cwd=tmp_path)
+    assert health_only.returncode == 1  # health needs no token: it runs (and finds nothing listening)
+    assert "dns-or-refused" in health_only.stdout

@@ -4,11 +4,13 @@ diagnosis with evidence; a healthy run yields none; the close-code table matches
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 
 import jwt
 import pytest
+from websockets.asyncio.server import serve
 
 from probes.bus import EventBus
 from probes.closecodes import CLOSE_CODES, NOT_ON_WIRE, describe, label
@@ -262,3 +264,123 @@ def test_echo_header_shapes():
     assert _echoed_headers({"received": {"headers": {"authorization": None}}})["authorization"] is None
     assert _echoed_headers({"Sec_WebSocket_Protocol": "missing"})["sec-websocket-protocol"] is None
     assert _echoed_headers(["not", "a", "map"]) is None
+
+
+# --- conditions an independent server showed, each with its own rule ----------------------------------------------
+
+async def _raw_server(answer):
+    """A plain TCP server on loopback; `answer(reader, writer)` plays the server's part."""
+    return await asyncio.start_server(answer, "127.0.0.1", 0)
+
+
+async def test_secret_missing_is_named_not_unknown(fast_config):
+    async with Sandbox(SandboxOptions(secret="s" * 32)) as sb:
+        events = await _run_url(fast_config, sb.base_url, env={"OTHER": "x"})
+    assert _first_code(events) == "secret-missing"
+
+
+async def test_connection_dropped_at_the_upgrade(fast_config):
+    async def drop(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.transport.abort()
+
+    server = await _raw_server(drop)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        events = await _run_url(fast_config, f"http://127.0.0.1:{port}", only=("auth-required",))
+    assert _first_code(events, "auth-required") == "upgrade-dropped"
+    connect = next(e for e in events if isinstance(e, StageFinished) and e.stage == "connect")
+    assert "closed before any HTTP answer" in connect.detail
+
+
+async def test_health_redirect_names_the_location(fast_config):
+    async def redirect(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 302 Found\r\nLocation: https://login.example/sso\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await _raw_server(redirect)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        events = await _run_url(fast_config, f"http://127.0.0.1:{port}", only=("health",))
+    assert _first_code(events, "health") == "health-http-error"
+    health = next(e for e in events if isinstance(e, StageFinished) and e.stage == "health")
+    assert health.detail == "GET /health: HTTP 302 Found → https://login.example/sso"
+
+
+async def test_health_that_never_answers_is_no_answer(fast_config):
+    async def hang(reader, writer):
+        await reader.read(1)
+        await asyncio.sleep(10)
+
+    server = await _raw_server(hang)
+    port = server.sockets[0].getsockname()[1]
+    config = fast_config.model_copy(update={"timeouts": fast_config.timeouts.model_copy(update={"http": 0.3})})
+    async with server:
+        events = await _run_url(config, f"http://127.0.0.1:{port}", only=("health",))
+    assert _first_code(events, "health") == "no-answer"
+
+
+async def test_invalid_utf8_is_a_protocol_error(fast_config):
+    async def bad_utf8(ws):
+        await ws.send(json.dumps({"type": "connection_established"}))
+        async for _ in ws:
+            await ws.send(b"\xff\xfe not utf-8", text=True)
+
+    async with serve(bad_utf8, "127.0.0.1", 0, select_subprotocol=lambda c, s: s[0] if s else None) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        events = await _run_url(fast_config, f"http://127.0.0.1:{port}", only=("event-order",))
+    assert _first_code(events, "event-order") == "protocol-error"
+
+
+async def test_clean_close_mid_run_is_closed_during_run(fast_config):
+    async def quits(ws):
+        await ws.send(json.dumps({"type": "connection_established"}))
+        async for _ in ws:
+            await ws.send(json.dumps({"type": "agent_started"}))
+            await ws.close(1000, "session cleanup")
+
+    async with serve(quits, "127.0.0.1", 0, select_subprotocol=lambda c, s: s[0] if s else None) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        events = await _run_url(fast_config, f"http://127.0.0.1:{port}", only=("event-order",))
+    assert _first_code(events, "event-order") == "closed-during-run"
+
+
+async def test_response_in_a_message_frame_passes(fast_config):
+    async def answers_with_message(ws):
+        await ws.send(json.dumps({"type": "connection_established", "data": {"user": "u"}}))
+        async for _ in ws:
+            for name in ("agent_started", "agent_thinking", "tool_executing", "tool_completed", "agent_completed"):
+                await ws.send(json.dumps({"type": name, "data": {}}))
+            await ws.send(json.dumps({"type": "message", "data": {"text": "4"}}))
+
+    async with serve(answers_with_message, "127.0.0.1", 0,
+                     select_subprotocol=lambda c, s: s[0] if s else None) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        events = await _run_url(fast_config, f"http://127.0.0.1:{port}", only=("event-order", "message-flow"))
+    failed = [(e.probe_id, e.stage, e.detail) for e in events if isinstance(e, StageFinished)
+              and e.status in ("fail", "error")]
+    assert failed == []
+
+
+def _skewed_refusal(skew_s: float, ttl_s: int = 900) -> Evidence:
+    import email.utils
+    now = time.time()
+    ev = Evidence()
+    ev.add(StageStarted(0, "p", "auth", "auth"))
+    ev.add(StageFinished(0, "p", "auth", "pass", 1.0, "minted", {"iat": int(now), "exp": int(now) + ttl_s}))
+    ev.add(StageStarted(0, "p", "connect", "connect"))
+    ev.add(StageFinished(0, "p", "connect", "fail", 1.0, "HTTP 401", {
+        "http_status": 401, "body": '{"detail": "Signature verification failed"}', "token_sent": True,
+        "transport": ["header"], "date": email.utils.formatdate(now + skew_s, usegmt=True)}))
+    return ev
+
+
+@pytest.mark.parametrize("skew_s, first", [(119, "auth-rejected"), (1200, "clock-skew"), (-1200, "clock-skew"),
+                                           (-30, "auth-rejected")])
+def test_clock_skew_only_when_it_explains_the_refusal(skew_s, first):
+    found = diagnose(_skewed_refusal(skew_s))
+    assert found[0].code == first, [d.code for d in found]
+    if first == "clock-skew":
+        assert "UTC" in found[0].evidence[1] and "15 min" in found[0].evidence[1]

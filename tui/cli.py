@@ -75,6 +75,22 @@ def _expected_version(target: ResolvedTarget, given: str | None) -> str | None:
     return None
 
 
+def _check_credentials(config: Config, target: ResolvedTarget, options: RunOptions) -> None:
+    """A missing secret/token variable is a configuration error (exit 2), not a probe failure to diagnose."""
+    from probes.auth import credentials_problem
+    from probes.runner import select_probes
+
+    if target.is_sandbox:
+        return  # the embedded sandbox brings its own key
+    needs_token = any(s.step == "auth" or (s.step == "connect" and s.token == "default")
+                      for p in select_probes(config, options) for s in p.steps)
+    parts = urlsplit(target.base_url)
+    loopback = parts.port if parts.hostname in ("127.0.0.1", "localhost", "::1") else None
+    problem = credentials_problem(target.auth, os.environ, loopback_port=loopback) if needs_token else None
+    if problem:
+        fail(f"target {target.name!r}: {problem}; export it, or set auth.mode in the config")
+
+
 def target_options(func: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed([
         click.option("--config", "config_path", metavar="PATH", help="Config file (default: $STAGEWATCH_CONFIG, "
@@ -166,6 +182,7 @@ def run(config_path: str | None, target: str | None, url: str | None, fault: str
         fail("--count goes with --watch")
     config, resolved, options = _prepare(config_path, target, url, fault, expect_version, fail_fast, only,
                                          max_priority, insecure, allow_production)
+    _check_credentials(config, resolved, options)
     req = HeadlessRequest(config, resolved, options, json_path, junit_path, markdown_path,
                           _record_path(record_path, no_record, resolved.name), verbose, quiet, watch=watch,
                           count=count)
