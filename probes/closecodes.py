@@ -20,7 +20,7 @@ CLOSE_CODES: dict[int, CloseCodeInfo] = {
     info.code: info
     for info in (
         CloseCodeInfo(CloseCode.NORMAL_CLOSURE, "Normal Closure",
-                      "the purpose of the connection was fulfilled; the server chose to end it"),
+                      "the purpose of the connection was fulfilled: the side that closed first ended it on purpose"),
         CloseCodeInfo(CloseCode.GOING_AWAY, "Going Away",
                       "the endpoint is going away: server shutting down, pod draining, or a page navigated"),
         CloseCodeInfo(CloseCode.PROTOCOL_ERROR, "Protocol Error", "the peer broke the WebSocket protocol"),

@@ -47,6 +47,7 @@ class StageStarted(Event):
     probe_id: str
     stage: str
     step: str
+    timeout_s: float | None = None  # the stage's own limit, so a person watching sees how long it may take
     kind: ClassVar[str] = "stage_started"
 
 

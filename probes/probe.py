@@ -169,7 +169,7 @@ class ProbeRun:
         return finished
 
     async def _stage(self, step: Step) -> Status:
-        self._emit(StageStarted(self._t(), self.probe.id, step.name, step.step))
+        self._emit(StageStarted(self._t(), self.probe.id, step.name, step.step, self._limit(step)))
         start = time.monotonic()
         handler = getattr(self, f"_step_{step.step}")
         try:
@@ -188,6 +188,22 @@ class ProbeRun:
         evidence = self.ctx.redactor.tree(evidence)  # server text (error frames, bodies) may echo our token
         self._emit(StageFinished(self._t(), self.probe.id, step.name, status, _ms(start), detail, evidence))
         return status
+
+    def _limit(self, step: Step) -> float | None:
+        """How long this stage may take before it fails on its timeout (None: no single limit)."""
+        t = self.ctx.target.timeouts
+        if step.step == "http":
+            return t.http * len([step.path] if step.path else self.p.health_paths)
+        if step.step == "connect":
+            upgrade = step.timeout or t.connect
+            return upgrade + (step.timeout or t.ready) if step.expect == "refused" else upgrade
+        if step.step == "expect":
+            return step.timeout or (t.response if step.require_text else t.ready)
+        if step.step == "expect_events":
+            return step.timeout or t.agent
+        if step.step == "close":
+            return t.close
+        return step.timeout
 
     # --- http -----------------------------------------------------------------------------------------
     async def _get(self, url: str, stage: str) -> httpx.Response:

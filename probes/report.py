@@ -60,9 +60,11 @@ class RunSummary:
         self.finished: RunFinished | None = None
         self.probes: dict[str, ProbeReport] = {}
         self.order: list[tuple[str, str, int]] = []
+        self.runs = 0  # a recording of a live session may hold several runs (reruns, --watch rounds)
 
     def handle(self, event: Event) -> None:
         if isinstance(event, RunStarted):
+            self.runs += 1
             self.target, self.base_url, self.wall0 = event.target, event.base_url, event.wall
             self.started_t = event.t
             self.order = list(event.probes)
@@ -171,7 +173,9 @@ def write_markdown(summary: RunSummary) -> str:
     out = [f"## stagewatch: {summary.verdict.upper()} — {summary.target}",
            "",
            f"{passed}/{len(probes)} probes passed · started {summary._iso(summary.started_t) or '?'}"
-           + (f" · {summary.finished.duration_ms / 1000:.2f} s" if summary.finished else ""),
+           + (f" · {summary.finished.duration_ms / 1000:.2f} s" if summary.finished else "")
+           + (f" · the latest result of each probe over {summary.runs} runs (this line: the last run)"
+              if summary.runs > 1 else ""),
            "",
            "| P | probe | status | ms | failed at |",
            "|---|---|---|---:|---|"]

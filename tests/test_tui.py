@@ -144,7 +144,7 @@ async def test_closed_before_ready_focuses_the_failure_with_close_and_diagnosis(
         assert "closed-before-ready" in diagnosis and "next:" in diagnosis
         text = screen_text(app)
         assert "✘ 4 failed" in text and "FAIL" in text
-        assert "handshake: closed 1000" in text  # the queue's last result
+        assert "handshake: closed-before-ready" in text  # the queue's last result
 
 
 async def test_copy_puts_the_close_summary_on_the_clipboard(tui_config):
@@ -176,8 +176,12 @@ async def test_filter_narrows_the_stream_and_esc_clears_it(tui_config):
     async with app.run_test(size=SIZE) as pilot:
         await wait_for_run(app, pilot)
         frames = app.query_one("#frames", FrameList)
-        assert frames.row_count == 7
-        await pilot.press("slash", *"tool")
+        assert frames.row_count == 8  # 7 frames and the close, as its own row
+        last = [line for line in pane_text(app, "#frames").splitlines() if line.strip()][-1]
+        assert "✕" in last and "close" in last and "1000 Normal Closure — 'stagewatch done'" in last
+        await pilot.press("slash", *"type:close")
+        await wait_until(pilot, lambda: frames.row_count == 1)
+        await pilot.press(*["backspace"] * len("type:close"), *"tool")
         await wait_until(pilot, lambda: frames.row_count == 2)
         shown = pane_text(app, "#frames")
         assert "tool_executing" in shown and "tool_completed" in shown
@@ -189,7 +193,7 @@ async def test_filter_narrows_the_stream_and_esc_clears_it(tui_config):
         await wait_until(pilot, lambda: frames.row_count == 1)
         assert "user_message" in pane_text(app, "#frames")
         await pilot.press("escape")
-        await wait_until(pilot, lambda: frames.row_count == 7)
+        await wait_until(pilot, lambda: frames.row_count == 8)
         assert frames.filter is None
 
 
@@ -205,9 +209,9 @@ async def test_follow_pauses_when_scrolling_up_and_counts_new_frames(tui_config)
         for i in range(12):
             app._ingest(Frame(9.0 + i, "golden-path", "in", 100.0 + i, 20, '{"type":"late","n":%d}' % i))
         await wait_until(pilot, lambda: "12 new" in screen_text(app))
-        assert frames.cursor == 5  # the selection did not jump
+        assert frames.cursor == 6  # the selection did not jump (7 frames and the close: rows 0-7)
         await pilot.press("space")  # follow again
-        await wait_until(pilot, lambda: frames.follow and frames.cursor == 18)
+        await wait_until(pilot, lambda: frames.follow and frames.cursor == 19)
         assert "following" in screen_text(app)
 
 
@@ -372,3 +376,51 @@ async def test_subscriber_only_appends_and_the_tick_draws_in_batches(tui_config)
         assert buffer.total == 10_000 and len(buffer.items) <= 5_000 and not app._inbox
         await wait_until(pilot, lambda: '"n": 9999' in app.query_one("#detail").text)  # following: the newest
         assert '"n": 9999' in screen_text(app)
+
+
+async def test_a_running_stage_shows_its_clock_and_rerunning_mid_run_interrupts_cleanly(tui_config):
+    app = live_app(tui_config, "slow-agent")
+    async with app.run_test(size=SIZE) as pilot:
+        def agent_running() -> bool:
+            probe = app.state.probes.get("golden-path")
+            return probe is not None and probe.current_stage is not None and probe.current_stage.name == "agent"
+
+        await wait_until(pilot, agent_running, timeout=10)
+        await wait_until(pilot, lambda: re.search(r"▶ agent [\d.]+ m?s of 1 s", pane_text(app, "#stages")))
+        await pilot.press("R")  # the whole queue again, while run 1 is still in its agent stage
+        await wait_for_run(app, pilot, runs=2, timeout=30)
+        # run 1 wound down (its RunFinished folded) before run 2 started, so run 2's results stand alone
+        assert app.state.verdict == "fail"
+        statuses = {p: probe.status for p, probe in app.state.probes.items()}
+        assert not {"queued", "running"} & set(statuses.values()), statuses
+        golden = app.state.probes["golden-path"]
+        assert golden.status == "fail" and golden.failed is not None
+        assert golden.failed.detail.startswith("no agent_completed within 1 s"), golden.failed.detail
+        assert "agent: agent-timeout" in screen_text(app)
+
+
+async def test_an_interrupted_run_marks_the_probes_it_never_ran(tui_config):
+    app = live_app(tui_config)
+    async with app.run_test(size=SIZE) as pilot:
+        app.state.apply([RunStarted(0.0, "sandbox", "http://x", (("a", "a", 0), ("b", "b", 1)), 0.0),
+                         ProbeStarted(0.1, "a", "a", 0, ("s",)),
+                         RunFinished(0.2, "interrupted", 200.0)])
+        assert app.state.probes["a"].status == "error"
+        assert app.state.probes["b"].status == "skip"
+        assert app.state.probes["b"].last_result() == "not run: the run was interrupted"
+        await pilot.pause()
+
+
+async def test_enter_opens_a_frame_whole_and_esc_goes_back(tui_config):
+    app = live_app(tui_config, only=("golden-path",))
+    async with app.run_test(size=(80, 24)) as pilot:  # too narrow for the detail pane: enter is the way in
+        await wait_for_run(app, pilot)
+        await pilot.press("tab", "home", "enter")
+        await wait_until(pilot, lambda: "Frame #0" in screen_text(app))
+        text = screen_text(app)
+        assert '"type": "connection_established"' in text and "received +" in text
+        await pilot.press("c")
+        assert '"type": "connection_established"' in app.clipboard
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: "Frame #0" not in screen_text(app))
+        assert "? Help" in screen_text(app) and "q Quit" in screen_text(app)  # the footer fits 80 columns

@@ -40,7 +40,7 @@ from tui.engine import EngineThread
 from tui.help import HelpScreen
 from tui.state import SessionState
 from tui.widgets.close import ClosePanel, DiagnosisPanel, close_summary
-from tui.widgets.frames import FrameDetail, FrameList
+from tui.widgets.frames import FrameDetail, FrameList, FrameScreen
 from tui.widgets.header import HeaderBar, SessionInfo
 from tui.widgets.queue import QueuePane
 from tui.widgets.stages import StagePane
@@ -71,10 +71,10 @@ class StagewatchApp(App[int]):
     COMMANDS = App.COMMANDS | {StagewatchCommands}
     BINDINGS = [
         Binding("r", "rerun", "Rerun", id="rerun", tooltip="Rerun the focused probe"),
-        Binding("R", "run_queue", "Run queue", id="run-queue", tooltip="Run every probe again, P0 first"),
+        Binding("R", "run_queue", "Run all", id="run-queue", tooltip="Run every probe again, P0 first"),
         Binding("f", "fail_fast", "Fail-fast", id="fail-fast",
                 tooltip="Stop the next runs at the first failing probe (toggle)"),
-        Binding("space", "pause", "Pause/follow", id="pause",
+        Binding("space", "pause", "Follow", id="pause",
                 tooltip="Live: stop/resume following new frames. Replay: pause/resume"),
         Binding("n,right", "step", "Step", id="step", tooltip="Replay: deliver the next event"),
         Binding("plus,equals_sign", "speed(1)", "Faster", id="faster", key_display="+",
@@ -108,7 +108,7 @@ class StagewatchApp(App[int]):
         self.recorder: Recorder | None = None
         self.info = SessionInfo(mode="replay" if replay is not None else "live", fail_fast=self.fail_fast,
                                 replay_file=replay_name, replay_truncated=bool(replay and replay.truncated),
-                                fault=self.options.fault)
+                                fault=self.options.fault, insecure=target is not None and not target.verify_tls)
         self.focus_probe: str | None = None
         self.user_pinned = False  # the user chose a probe: stop auto-focusing
         self.events_seen = 0
@@ -117,6 +117,7 @@ class StagewatchApp(App[int]):
         self.engine: EngineThread | None = None
         self._fixed_now = now
         self._shown_probe: tuple[str | None, int] | None = None
+        self._scrolled_to: tuple[str | None, int, int | None] | None = None
         self._queue_frames_at = 0.0
         self._frames_at = 0.0
         self._detail_at = 0.0
@@ -165,6 +166,7 @@ class StagewatchApp(App[int]):
 
     async def on_mount(self) -> None:
         self.query_one("#queue").border_title = "Queue"
+        self.query_one("#queue", QueuePane).now_t = self.session_t
         self.query_one("#stages-box").border_title = "Stages"
         self.query_one("#frames-box").border_title = "Frames"
         self.query_one("#detail").border_title = "Frame"
@@ -272,7 +274,12 @@ class StagewatchApp(App[int]):
         if key == self._shown_probe and self.focus_probe not in changed:
             return
         self._shown_probe = key
-        self.query_one("#stages", StagePane).show(probe, self.now)
+        pane = self.query_one("#stages", StagePane)
+        pane.show(probe, self.now, self.state.wall0)
+        failed_at = (self.focus_probe, probe.runs if probe else 0, pane.failed_line)
+        if pane.failed_line is not None and failed_at != self._scrolled_to:
+            self._scrolled_to = failed_at  # once per failure: the person may scroll elsewhere afterwards
+            self.call_after_refresh(self._show_failed_stage)
         self.query_one("#close", ClosePanel).show(probe)
         self.query_one("#diagnosis", DiagnosisPanel).show(probe)
         box = self.query_one("#stages-box")
@@ -284,6 +291,16 @@ class StagewatchApp(App[int]):
         diag = self.query_one("#diagnosis-box")
         diag.set_class(bool(probe and probe.diagnoses), "-bad")
         diag.border_title = f"Diagnosis ({len(probe.diagnoses)})" if probe and probe.diagnoses else "Diagnosis"
+
+    def _show_failed_stage(self) -> None:
+        """Scroll the stages so the failing stage's row is in view (small terminals hide it below the fold)."""
+        line = self.query_one("#stages", StagePane).failed_line
+        box = self.query_one("#stages-box")
+        if line is None:
+            return
+        height = box.scrollable_content_region.height
+        if not box.scroll_y <= line < box.scroll_y + height - 1:
+            box.scroll_to(y=max(0, line - 1), animate=False)
 
     def _render_frames(self) -> bool:
         """Bring the frame list up to date; returns True when new frames arrived."""
@@ -325,8 +342,10 @@ class StagewatchApp(App[int]):
         if self.replay is not None:
             n = len(self.replay.events)
             last = self.replay.events[-1].t if n else 0.0
+            gap = self.replay.events[self.replay_index].t - self.replay_t if self.replay_index < n else 0.0
+            waiting = f" · next event in {gap:.1f} s (+ speeds up)" if gap >= 1.0 and not self.replay_done else ""
             self.info.replay_position = (f"event {self.replay_index:,}/{n:,} · t {self.replay_t:.2f}/{last:.2f} s"
-                                         + (" · finished" if self.replay_done else ""))
+                                         + (" · finished" if self.replay_done else waiting))
             self.info.replay_speed = _speed_label(self.replay_speed)
             self.info.replay_paused = self.replay_paused
         self.info.fail_fast = self.fail_fast
@@ -335,11 +354,18 @@ class StagewatchApp(App[int]):
         except NoMatches:  # closing
             pass
 
+    def session_t(self) -> float | None:
+        """Seconds since the session's t=0 (the engine's clock), live or at the replay's position."""
+        return None if self.state.wall0 is None else self.now() - self.state.wall0
+
     def _refresh_clock(self) -> None:
         self._render_header()
-        self._shown_probe = None  # the auth stage's countdown
+        self._shown_probe = None  # the auth stage's countdown, a running stage's clock
         try:
             self._render_focused(set())
+            running = {p for p, probe in self.state.probes.items() if probe.status == "running"}
+            if running:
+                self.query_one("#queue", QueuePane).sync(self.state, running)
         except NoMatches:  # closing
             pass
 
@@ -347,6 +373,12 @@ class StagewatchApp(App[int]):
         size = self.size
         self.screen.set_class(size.width < 120, "-narrow")
         self.screen.set_class(size.height < 34, "-short")
+        try:
+            footer = self.query_one(Footer)
+            footer.compact = size.width < 120  # so ? and q still fit on 80 columns
+            footer.show_command_palette = size.width >= 100
+        except NoMatches:
+            pass
         self.call_after_refresh(self._resync_queue)
 
     def _resync_queue(self) -> None:
@@ -360,6 +392,12 @@ class StagewatchApp(App[int]):
             self.focus_probe = event.probe_id
             self._shown_probe = None
             self._tick()
+
+    @on(FrameList.Opened)
+    def _frame_opened(self) -> None:
+        selected = self.query_one("#frames", FrameList).selected()
+        if selected is not None:
+            self.push_screen(FrameScreen(selected))
 
     @on(FrameList.FollowChanged)
     def _follow_changed(self) -> None:
@@ -440,6 +478,11 @@ class StagewatchApp(App[int]):
             self.query_one("#frames", FrameList).focus()
 
     def action_copy(self) -> None:
+        if isinstance(self.screen, FrameScreen):
+            frame, info, seq = self.screen.selected
+            self.copy_to_clipboard(pretty(frame.data))
+            self.notify(f"copied frame #{seq} ({info.type or info.kind}, {frame.size:,} B)", timeout=3)
+            return
         frames = self.query_one("#frames", FrameList)
         selected = frames.selected()
         if self.screen.focused is frames and selected is not None:
@@ -513,6 +556,7 @@ class StagewatchApp(App[int]):
                             "--allow-production if you mean it", severity="error", timeout=10)
                 return
         self.target = target
+        self.info.insecure = not target.verify_tls
         if not target.is_sandbox:
             self.options = dataclasses.replace(self.options, fault="none", expected_version=None)
             self.info.fault = "none"

@@ -25,6 +25,7 @@ class EngineThread:
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._main, name="stagewatch-engine", daemon=True)
+        self._last: asyncio.Task[Any] | None = None  # engine-loop side: the run submitted last
 
     def _main(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -45,9 +46,23 @@ class EngineThread:
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
+    async def _after_previous(self, coro: Coroutine[Any, Any, T]) -> T:
+        """In the engine loop: let the previous run finish its cancellation first (it publishes its RunFinished
+        and stops its sandbox), so two runs' events never interleave on the bus."""
+        previous, self._last = self._last, asyncio.current_task()
+        try:
+            if previous is not None and not previous.done():
+                previous.cancel()
+                await asyncio.wait([previous])
+        except BaseException:
+            coro.close()
+            raise
+        return await coro
+
     async def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run `coro` in the engine loop and wait for it here; a cancelled wait cancels it there."""
-        future = self.submit(coro)
+        """Run `coro` in the engine loop (after the previous run has wound down) and wait for it here; a cancelled
+        wait cancels it there."""
+        future = self.submit(self._after_previous(coro))
         try:
             return await asyncio.wrap_future(future)
         except asyncio.CancelledError:

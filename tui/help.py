@@ -20,6 +20,7 @@ HELP = """\
 | `n` / `→` | replay: step to the next event (a burst of frames counts as one) |
 | `+` / `-` | replay: faster / slower |
 | `/` | filter frames: words match type, summary or text; `type:NAME`, `in`, `out`; `!` inverts; `esc` clears |
+| `enter` | on a frame: open it whole (pretty JSON, text, or hex) — `esc` goes back |
 | `c` | copy the selected frame (frames pane focused), else the close summary and diagnosis |
 | `tab` / `shift+tab` | move between the queue and the frames |
 | `↑ ↓ pgup pgdn home end` | move in the focused list; `end` resumes following |
@@ -39,7 +40,7 @@ HELP = """\
   never sent by a peer: your client reports them when no close frame arrived.
 * **Diagnosis** — the engine's rules over the evidence, with the next step to take.
 
-Press `esc`, `q` or `?` to close this screen.
+Press `esc`, `q` or `?` to close this screen; `↑ ↓ pgup pgdn` scroll it.
 """
 
 
@@ -58,6 +59,9 @@ class HelpScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         with VerticalScroll():
             yield Markdown(HELP)
+
+    def on_mount(self) -> None:
+        self.query_one(VerticalScroll).focus()  # arrows, page keys, home/end scroll the help
 
     async def action_dismiss(self, result: None = None) -> None:
         self.dismiss(result)

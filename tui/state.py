@@ -103,7 +103,8 @@ class FrameBuffer:
                 return None
             if len(self._info) >= 4 * self.cap:
                 self._info.clear()
-            found = self._info[seq] = classify(frame.data)
+            found = self._info[seq] = (FrameInfo("close", "close", str(frame.data)) if frame.direction == "close"
+                                       else classify(frame.data))
         return found
 
 
@@ -118,6 +119,14 @@ class StageState:
     detail: str = ""
     evidence: dict[str, Any] = field(default_factory=dict)
     started_t: float | None = None
+    limit_s: float | None = None  # the stage's timeout, when the engine said
+
+    def elapsed(self, now_t: float) -> str:
+        """'12 s of 30 s' while running (session time `now_t`), '' when not running."""
+        if self.status != "running" or self.started_t is None:
+            return ""
+        took = fmt_ms(max(0.0, now_t - self.started_t) * 1000.0)
+        return f"{took} of {self.limit_s:g} s" if self.limit_s else took
 
 
 @dataclass
@@ -137,6 +146,7 @@ class ProbeState:
     diagnoses: list[dict[str, Any]] = field(default_factory=list)
     http: list[HttpExchange] = field(default_factory=list)
     runs: int = 0
+    note: str = ""  # why a queued probe never ran (its run was interrupted)
 
     @property
     def current_stage(self) -> StageState | None:
@@ -152,6 +162,7 @@ class ProbeState:
         self.frames_in = self.frames_out = 0
         self.close, self.opened = None, None
         self.diagnoses, self.http = [], []
+        self.note = ""
 
     def last_result(self) -> str:
         """One line for the queue: what the probe's last run came to."""
@@ -162,13 +173,21 @@ class ProbeState:
             return f"{current.name}…" if current else "starting…"
         failed = self.failed
         if failed is not None:
+            if self.diagnoses:  # the engine's name for it says most in the fewest characters
+                return f"{failed.name}: {self.diagnoses[0].get('code')}"
             if self.close is not None and self.close.by != "client":
                 return f"{failed.name}: {'dropped' if self.close.by == 'none' else 'closed'} {self.close.code}"
             return f"{failed.name}: {failed.detail}"
         if self.status == "skip":
-            return next((s.detail for s in self.stages.values() if s.detail), "skipped")
+            return self.note or next((s.detail for s in self.stages.values() if s.detail), "skipped")
         done = sum(1 for s in self.stages.values() if s.status == "pass")
         return f"{done}/{len(self.stages)} stages passed"
+
+
+def close_row(closed: Closed) -> Frame:
+    """The close as a row of the frame stream (where DevTools shows it too): direction "close", the sentence as
+    its data. Only the UI makes these; the engine never publishes one."""
+    return Frame(closed.t, closed.probe_id, "close", closed.after_ms, 0, close_sentence(closed))  # type: ignore[arg-type]
 
 
 def close_label(closed: Closed) -> str:
@@ -184,6 +203,11 @@ def close_sentence(closed: Closed) -> str:
 
 
 def close_meaning(closed: Closed) -> str:
+    """What the close means, from the side that closed: our own cleanup close is not the server's doing."""
+    if closed.by == "client" and closed.code == 1000:
+        return "stagewatch closed the connection itself once the probe was done with it: not a server close"
+    if closed.by == "client":
+        return f"stagewatch closed it: {describe(closed.code).meaning}"
     return describe(closed.code).meaning
 
 
@@ -243,6 +267,8 @@ class SessionState:
                 for event in group:
                     if kind is ProbeStarted:
                         self.new_buffer(event.probe_id)  # type: ignore[attr-defined]
+                    elif kind is Closed:
+                        self.buffer(event.probe_id).append(close_row(event))  # type: ignore[arg-type]
                     others.append(event)
         return others
 
@@ -270,12 +296,14 @@ class SessionState:
                 self.running = False
                 self.verdict = event.verdict
                 self.run_duration_ms = event.duration_ms
-                for probe in self.probes.values():  # an interrupted run leaves nothing "running"
+                for probe in self.probes.values():  # an interrupted run leaves nothing "running" or "queued"
                     if probe.status == "running":
                         probe.status = "error" if event.verdict == "interrupted" else probe.status
                         for stage in probe.stages.values():
                             if stage.status == "running":
                                 stage.status, stage.detail = "error", "interrupted"
+                    elif probe.status == "queued":
+                        probe.status, probe.note = "skip", "not run: the run was interrupted"
                 self.current = None
                 changed.update(("header", "queue", *self.probes))
                 continue
@@ -301,7 +329,7 @@ class SessionState:
                 continue
             elif isinstance(event, StageStarted):
                 stage = probe.stages.setdefault(event.stage, StageState(event.stage))
-                stage.status, stage.started_t = "running", event.t
+                stage.status, stage.started_t, stage.limit_s = "running", event.t, event.timeout_s
             elif isinstance(event, StageFinished):
                 stage = probe.stages.setdefault(event.stage, StageState(event.stage))
                 stage.status, stage.duration_ms = event.status, event.duration_ms
@@ -343,7 +371,7 @@ class SessionState:
             if probe is None:
                 probe = self.probes[probe_id] = ProbeState(probe_id, name, priority)
                 self.order.append(probe_id)
-            probe.status = "queued"
+            probe.status, probe.duration_ms, probe.note = "queued", None, ""
         # Keep the queue in priority order (stable), whatever order probes first appeared in.
         self.order.sort(key=lambda i: self.probes[i].priority)
 

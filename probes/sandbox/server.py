@@ -58,6 +58,7 @@ class Sandbox:
         self.host = host
         self.port = port
         self._server: Server | None = None
+        self._handlers: set[asyncio.Task[Any]] = set()
         self.connections = 0
         self.messages = 0
 
@@ -93,6 +94,8 @@ class Sandbox:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close(close_connections=True)
+            for task in tuple(self._handlers):  # a handler asleep in a slow fault must not hold the stop
+                task.cancel()
             await self._server.wait_closed()
             self._server = None
 
@@ -191,6 +194,10 @@ class Sandbox:
     async def _handle(self, ws: ServerConnection) -> None:
         self.connections += 1
         fault = self.fault
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
         try:
             if fault == "closed-before-ready":
                 await asyncio.sleep(self.options.ready_close_after)

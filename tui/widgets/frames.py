@@ -23,6 +23,7 @@ from textual.content import Content
 from textual.geometry import Size
 from textual.highlight import highlight
 from textual.message import Message
+from textual.screen import ModalScreen
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 from textual.widgets import Static
@@ -31,7 +32,7 @@ from probes.events import Frame
 from probes.frames import FrameInfo, pretty
 from tui.state import FrameBuffer, fmt_ms
 
-ARROWS = {"in": "↓", "out": "↑"}
+ARROWS = {"in": "↓", "out": "↑", "close": "✕"}
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _UNSET = object()
 SCAN_LIMIT = 20_000  # frames a filter looks at per tick (a flood only shows its tail anyway)
@@ -69,6 +70,8 @@ class FrameFilter:
 
 def frame_line(frame: Frame, info: FrameInfo) -> tuple[str, str, str, str, str]:
     """The columns of one frame: arrow, time since connect, size, type, summary."""
+    if frame.direction == "close":
+        return ARROWS["close"], f"+{fmt_ms(frame.ms)}", "", "close", info.summary
     size = f"{frame.size:,} B" if frame.size < 100_000 else f"{frame.size / 1024:,.0f} KiB"
     kind = info.type or info.kind
     summary = info.summary
@@ -92,11 +95,12 @@ class FrameList(ScrollView, can_focus=True):
     FrameList:blur > .frame-list--cursor { background: $block-cursor-blurred-background; }
     FrameList > .frame-list--in { color: $text-accent; }
     FrameList > .frame-list--out { color: $text-warning; }
+    FrameList > .frame-list--close { color: $text-error; text-style: bold; }
     FrameList > .frame-list--type { color: $text-primary; text-style: bold; }
     FrameList > .frame-list--dim { color: $text-muted; }
     """
-    COMPONENT_CLASSES = {"frame-list--cursor", "frame-list--in", "frame-list--out", "frame-list--type",
-                         "frame-list--dim"}
+    COMPONENT_CLASSES = {"frame-list--cursor", "frame-list--in", "frame-list--out", "frame-list--close",
+                         "frame-list--type", "frame-list--dim"}
     BINDINGS = [
         Binding("up,k", "cursor(-1)", "Up", show=False),
         Binding("down,j", "cursor(1)", "Down", show=False),
@@ -104,7 +108,11 @@ class FrameList(ScrollView, can_focus=True):
         Binding("pagedown", "page(1)", "Page down", show=False),
         Binding("home,g", "first", "First frame", show=False),
         Binding("end,G", "last", "Newest (follow)", show=False),
+        Binding("enter", "open", "Open frame", show=False),
     ]
+
+    class Opened(Message):
+        """Enter on a frame: show it whole (pretty JSON / hex) in a screen of its own."""
 
     class FollowChanged(Message):
         def __init__(self, follow: bool) -> None:
@@ -276,6 +284,10 @@ class FrameList(ScrollView, can_focus=True):
     def action_last(self) -> None:
         self.set_follow(True)
 
+    def action_open(self) -> None:
+        if self.selected() is not None:
+            self.post_message(self.Opened())
+
     def _on_mouse_scroll_up(self, event: events.MouseScrollUp) -> None:
         if self.row_count > self.scrollable_content_region.height:
             self.set_follow(False)
@@ -308,6 +320,7 @@ class FrameList(ScrollView, can_focus=True):
             self._styles = {
                 "base": base, "dim": base + component("frame-list--dim"),
                 "in": base + component("frame-list--in"), "out": base + component("frame-list--out"),
+                "close": base + component("frame-list--close"),
                 "type": base + component("frame-list--type"),
                 "cursor": cursor, "cursor-type": cursor + Style(bold=True),
             }
@@ -335,10 +348,10 @@ class FrameList(ScrollView, can_focus=True):
                         Segment(f"{kind[:22]:<22} ", styles["cursor-type"]), Segment(summary, style)]
         else:
             segments = [
-                Segment(f" {arrow} ", styles[frame.direction] if frame.direction in ("in", "out") else base),
+                Segment(f" {arrow} ", styles.get(frame.direction, base)),
                 Segment(f"{ms:>10} {size:>9}  ", styles["dim"]),
-                Segment(f"{kind[:22]:<22} ", styles["type"]),
-                Segment(summary, base),
+                Segment(f"{kind[:22]:<22} ", styles["close"] if frame.direction == "close" else styles["type"]),
+                Segment(summary, styles["close"] if frame.direction == "close" else base),
             ]
             style = base
         return Strip(segments).adjust_cell_length(width, style)
@@ -377,7 +390,8 @@ class FrameDetail(VerticalScroll):
             return
         frame, info, _seq = selected
         arrow, ms, size, kind, _summary = frame_line(frame, info)
-        head = f"{arrow} {'received' if frame.direction == 'in' else 'sent'} {ms} after accept · {size} · {kind}"
+        said = {"in": "received", "out": "sent", "close": "connection closed"}.get(frame.direction, frame.direction)
+        head = f"{arrow} {said} {ms} after accept" + (f" · {size} · {kind}" if size else "")
         if frame.truncated:
             head += f" · truncated: kept {len(frame.data):,} of {frame.size:,} B"
         self.text = _CONTROL.sub("\ufffd", pretty(frame.data))  # a frame must not drive the terminal
@@ -387,3 +401,34 @@ class FrameDetail(VerticalScroll):
         body.update(content, layout=lines != self._lines)  # same height: no layout pass (frames flood in)
         self._lines = lines
         self.scroll_home(animate=False)
+
+
+class FrameScreen(ModalScreen[None]):
+    """One frame, whole: the same view as the detail pane, full screen (and on terminals too narrow for it)."""
+
+    BINDINGS = [Binding("escape,q,enter", "dismiss", "Back", id="close-frame"),
+                Binding("c", "app.copy", "Copy", id="copy-frame")]
+    DEFAULT_CSS = """
+    FrameScreen { align: center middle; }
+    FrameScreen > FrameDetail {
+        width: 95%; height: 90%; border: round $accent; border-subtitle-color: $text-muted;
+    }
+    """
+
+    def __init__(self, selected: tuple[Frame, FrameInfo, int]) -> None:
+        super().__init__()
+        self.selected = selected
+
+    def compose(self) -> ComposeResult:
+        detail = FrameDetail(id="frame-screen-detail")
+        detail.border_title = f"Frame #{self.selected[2]}"
+        detail.border_subtitle = "esc: back · c copies"
+        yield detail
+
+    def on_mount(self) -> None:
+        detail = self.query_one(FrameDetail)
+        detail.show(self.selected)
+        detail.focus()
+
+    async def action_dismiss(self, result: None = None) -> None:
+        self.dismiss(result)

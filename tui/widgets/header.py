@@ -27,6 +27,7 @@ class SessionInfo:
     replay_paused: bool = False
     replay_truncated: bool = False
     fault: str = "none"
+    insecure: bool = False  # TLS certificates are not verified (--insecure)
 
 
 class HeaderBar(Static):
@@ -44,10 +45,10 @@ class HeaderBar(Static):
         top.append(" stagewatch ", style=f"bold reverse {accent}")
         top.append(" target ", style="dim")
         top.append(state.target or "…", style="bold")
-        if state.base_url:
-            top.append(f" {state.base_url}", style="dim")
-        if info.fault != "none" and info.mode == "live":
-            top.append(f" · fault {info.fault}", style=f"bold {status_color(self.app, 'error')}")
+        if state.base_url and state.base_url != state.target:
+            top.append(f" {state.base_url.removeprefix('http://')}", style="dim")
+        if info.insecure and info.mode == "live":
+            top.append(" · TLS NOT VERIFIED (--insecure)", style=f"bold {bad}")
         top.append(*sep)
         top.append("build ", style="dim")
         top.append(state.version or "—", style="bold")
@@ -63,10 +64,13 @@ class HeaderBar(Static):
             top.append("—")
 
         bottom = Text(" ")
+        if info.fault != "none" and info.mode == "live":
+            bottom.append(f"fault {info.fault}", style=f"bold {status_color(self.app, 'error')}")
+            bottom.append(*sep)
         if info.mode == "replay":
             top_style = status_color(self.app, "error")
             bottom.append("⏸ paused" if info.replay_paused else "▶ replay", style=f"bold {top_style}")
-            bottom.append(f" {info.replay_file} · {info.replay_speed} · {info.replay_position}")
+            bottom.append(f" {info.replay_speed} · {info.replay_position}")
             if info.replay_truncated:
                 bottom.append(" · truncated recording (the last line was cut short)", style=f"bold {bad}")
             bottom.append(*sep)
@@ -89,6 +93,9 @@ class HeaderBar(Static):
                 bottom.append(f"  {c[key]} {word}", style="dim")
         bottom.append(*sep)
         bottom.append(f"frames {state.frames_total():,}")
+        if info.mode == "replay":
+            bottom.append(*sep)
+            bottom.append(info.replay_file, style="dim")  # last: a long path must not hide the counters
         if info.mode == "live":
             bottom.append(*sep)
             bottom.append("fail-fast ", style="dim")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from rich.text import Text
 from textual import events
 from textual.binding import Binding
@@ -41,6 +43,7 @@ class QueuePane(DataTable[Text]):
         super().__init__(id=id, cursor_type="row", zebra_stripes=False, show_row_labels=False)
         self._order: list[str] = []
         self._widths: tuple[int, int] = (0, 0)  # (probe column, result column) the columns were built with
+        self.now_t: Callable[[], float | None] = lambda: None  # session seconds now (a running probe's clock)
 
     def _build_columns(self, probe_width: int) -> None:
         """Fixed column widths: measuring every cell on every update would cost a full layout per tick."""
@@ -54,6 +57,9 @@ class QueuePane(DataTable[Text]):
     def _cells(self, probe: ProbeState, frames: int) -> list[Text]:
         color = status_color(self.app, probe.status)
         time = fmt_ms(probe.duration_ms) if probe.duration_ms is not None else ""
+        now_t = self.now_t() if probe.status == "running" and probe.started_t is not None else None
+        if now_t is not None and probe.started_t is not None:
+            time = fmt_ms(max(0.0, now_t - probe.started_t) * 1000.0)
         result = probe.last_result()
         if frames and probe.status == "running":
             result += f" · {frames:,} frames"

@@ -28,9 +28,10 @@ class StagePane(Static):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.plain = ""
+        self.failed_line: int | None = None  # the line (from the top) of the first failing stage's row
         self._key = ""
         self._drawn: str | None = None
-        self._last: tuple[ProbeState | None, Callable[[], float]] | None = None
+        self._last: tuple[ProbeState | None, Callable[[], float], float | None] | None = None
 
     def on_resize(self) -> None:
         if self._last is not None:
@@ -42,8 +43,9 @@ class StagePane(Static):
         self._drawn = self._key
         self.update(renderable)  # type: ignore[arg-type]
 
-    def show(self, probe: ProbeState | None, now: Callable[[], float]) -> None:
-        self._last = (probe, now)
+    def show(self, probe: ProbeState | None, now: Callable[[], float], wall0: float | None = None) -> None:
+        """`now`: wall-clock time (countdowns); `wall0`: the wall time at session t=0 (running stages' clocks)."""
+        self._last = (probe, now, wall0)
         self._key = ""
         if probe is None:
             self.plain = self._key = "no probe selected"
@@ -53,17 +55,28 @@ class StagePane(Static):
             self.plain = self._key = f"{probe.id}: queued, waiting for its turn"
             self._set(Text(self.plain, style="dim"))
             return
-        strip = Text()
+        width = max(24, self.size.width or 100)
+        # The strip breaks only between stages, never inside "✘ handshake 97 ms".
+        strip = Text(no_wrap=True, overflow="crop")
+        column = 0
         for i, stage in enumerate(probe.stages.values()):
-            if i:
-                strip.append(" → ", style="dim")
             color = status_color(self.app, stage.status)
+            took = f" {fmt_ms(stage.duration_ms)}" if stage.duration_ms is not None and stage.status != "skip" else ""
+            if stage.status == "running" and wall0 is not None:
+                took = f" {stage.elapsed(now() - wall0)}"  # a long wait shows its clock and its limit
+            item = len(stage.name) + 2 + len(took)
+            if i:
+                if column + 3 + item > width:
+                    strip.append("\n→ ", style="dim")
+                    column = 2
+                else:
+                    strip.append(" → ", style="dim")
+                    column += 3
             strip.append(f"{glyph(stage.status)} {stage.name}", style=f"bold {color}")
-            if stage.duration_ms is not None and stage.status != "skip":
-                strip.append(f" {fmt_ms(stage.duration_ms)}", style=color)
+            strip.append(took, style=color)
+            column += item
         # Rows are laid out here (fixed columns, details wrapped under themselves): a Rich Table would be
         # measured on every layout, which costs more than the rest of the screen together.
-        width = max(40, self.size.width or 100)
         name_w = max(10, max(len(n) for n in probe.stages) + 1)
         indent = 2 + name_w + 8 + 9 + 1
         below = width - indent < 30  # narrow: each detail on its own lines under the stage
@@ -71,12 +84,16 @@ class StagePane(Static):
             indent = 4
         rows = Text(no_wrap=True, overflow="crop")
         lines = [strip.plain]
+        self.failed_line = None
+        top = strip.plain.count("\n") + 2  # the strip's lines and a blank line
         bad, warn = status_color(self.app, "fail"), status_color(self.app, "error")
         for stage in probe.stages.values():
             color = status_color(self.app, stage.status)
             word = STATUS_WORD.get(stage.status, stage.status)
             took = fmt_ms(stage.duration_ms) if stage.status not in ("skip", "queued") else ""
-            detail = stage_detail(stage, now, bad, warn)
+            detail = stage_detail(stage, now, bad, warn, wall0)
+            if self.failed_line is None and stage.status in ("fail", "error"):
+                self.failed_line = top + rows.plain.count("\n")
             rows.append(f"{glyph(stage.status)} ", style=f"bold {color}")
             rows.append(f"{stage.name:<{name_w}}", style="bold" if stage.status in ("fail", "error") else "")
             rows.append(f"{word:<7} ", style=f"bold {color}" if stage.status != "skip" else color)
@@ -98,11 +115,13 @@ class StagePane(Static):
         self._set(Group(strip, Text(""), rows))
 
 
-def stage_detail(stage: StageState, now: Callable[[], float], bad: str = "red", warn: str = "yellow") -> Text:
+def stage_detail(stage: StageState, now: Callable[[], float], bad: str = "red", warn: str = "yellow",
+                 wall0: float | None = None) -> Text:
     """What to say about one stage, from its detail and evidence."""
     ev: dict[str, Any] = stage.evidence
     if stage.status == "running":
-        return Text("running…", style="italic")
+        clock = stage.elapsed(now() - wall0) if wall0 is not None else ""
+        return Text(f"running… {clock}".rstrip(), style="italic")
     if stage.status == "queued":
         return Text("")
     text = Text(stage.detail, style="dim" if stage.status == "skip" else "")
