@@ -19,26 +19,31 @@ Listener = Callable[[Event], None]
 class EventBus:
     def __init__(self) -> None:
         self._listeners: list[Listener] = []
+        self._calling: tuple[Listener, ...] = ()  # a copy to iterate: listeners may unsubscribe while called
         self.failures: list[tuple[Listener, BaseException]] = []
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call `listener(event)` for every event from now on. Returns an unsubscribe function."""
         self._listeners.append(listener)
+        self._calling = tuple(self._listeners)
 
         def unsubscribe() -> None:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
+            self._remove(listener)
 
         return unsubscribe
 
+    def _remove(self, listener: Listener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+            self._calling = tuple(self._listeners)
+
     def publish(self, event: Event) -> None:
-        for listener in tuple(self._listeners):
+        for listener in self._calling:
             try:
                 listener(event)
             except Exception as exc:  # a consumer's bug must not stop the probe
                 self.failures.append((listener, exc))
-                if listener in self._listeners:
-                    self._listeners.remove(listener)
+                self._remove(listener)
 
     async def stream(self) -> AsyncIterator[Event]:
         """Async iterator over events until (and including) RunFinished."""

@@ -6,6 +6,7 @@ Everything here is already redacted.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +32,8 @@ class Evidence:
     http: list[HttpExchange] = field(default_factory=list)
     opened: list[WsOpened] = field(default_factory=list)
     closes: list[Closed] = field(default_factory=list)
-    last_frames: list[Frame] = field(default_factory=list)  # the last few frames before the (first) close
+    # the last few frames before the (first) close: a bounded deque, so keeping them is one C call per frame
+    last_frames: deque[Frame] = field(default_factory=lambda: deque(maxlen=Evidence.KEEP_FRAMES))
     frames_in: int = 0
     frames_out: int = 0
     _steps: dict[str, str] = field(default_factory=dict)
@@ -61,10 +63,7 @@ class Evidence:
             else:
                 self.frames_out += 1
             if not self.closes:
-                frames = self.last_frames
-                frames.append(event)
-                if len(frames) > self.KEEP_FRAMES * 4:
-                    del frames[: -self.KEEP_FRAMES]
+                self.last_frames.append(event)
             return
         if isinstance(event, StageStarted):
             self._steps[event.stage] = event.step
@@ -81,7 +80,13 @@ class Evidence:
             self.probe_id = event.probe_id
 
     def recent_frames(self) -> list[Frame]:
-        return self.last_frames[-self.KEEP_FRAMES:]
+        return list(self.last_frames)
+
+    def frame_in(self, frame: Frame) -> None:
+        """The hot path of a flood (`add` for a received frame, without its type tests)."""
+        self.frames_in += 1
+        if not self.closes:
+            self.last_frames.append(frame)
 
     def close_summary(self) -> dict[str, Any] | None:
         c = self.close

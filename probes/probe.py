@@ -14,6 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -92,6 +93,7 @@ class RunContext:
         return parts.port if parts.hostname in LOOPBACK else None
 
 
+_new_frame = partial(tuple.__new__, Frame)  # Frame(*fields) without NamedTuple's Python-level __new__
 OTHER = "\x00other"  # type marker: a frame that mentions no protocol type we wait for (not parsed)
 
 
@@ -125,6 +127,9 @@ class ProbeRun:
         self.frames_in = 0
         self.frames_out = 0
         p = self.p
+        # bound once: `_on_message` runs a million times in a flood
+        self._redact, self._publish, self._t0 = ctx.redactor.text, ctx.bus.publish, ctx.clock.start
+        self._probe_id = probe.id
         names = {p.ready_type, p.final_event, *p.agent_events, *p.error_types, *p.response_types}
         self._interesting = re.compile("|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)))
 
@@ -429,11 +434,11 @@ class ProbeRun:
         truncated = size > FRAME_KEEP
         kept = data[:FRAME_KEEP] if truncated else data
         if type(kept) is str:
-            kept = self.ctx.redactor.text(kept)
-        frame = Frame(now - self.ctx.clock.start, self.probe.id, "in", (now - conn.opened_at) * 1000.0,
-                      size, kept, truncated)
-        self.evidence.add(frame)
-        self.ctx.bus.publish(frame)
+            kept = self._redact(kept)
+        frame = _new_frame((now - self._t0, self._probe_id, "in", (now - conn.opened_at) * 1000.0, size, kept,
+                            truncated))
+        self.evidence.frame_in(frame)
+        self._publish(frame)
         if type(data) is str and self._interesting.search(data) is not None:
             value = parse_json(data)
             conn.inbox.append((frame_type(value, self.p.type_field), value, frame))

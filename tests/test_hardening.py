@@ -432,7 +432,7 @@ def _frame(data: str | bytes) -> Frame:
 def test_recorder_lines_round_trip_any_frame(datas: list[str | bytes], notice: str) -> None:
     """Every line the recorder writes is valid UTF-8 JSON and reads back as the same event."""
     recorder = Recorder.__new__(Recorder)  # only the line encoder: no file
-    recorder.redactor, recorder.wall0 = Redactor(), 1_700_000_000.0
+    recorder.redactor, recorder.wall0, recorder._ids = Redactor(), 1_700_000_000.0, {}
     events: list[Event] = [_frame(d) for d in datas] + [Notice(2.0, "warning", notice)]
     raw = encode_lines([recorder._line(e) for e in events])
     text = raw.decode("utf-8")  # strict: no surrogates or invalid bytes reach the file
