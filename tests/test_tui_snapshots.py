@@ -21,6 +21,7 @@ from probes.events import (Closed, Diagnosed, Event, Frame, HttpExchange, ProbeF
 from probes.runner import RunOptions, run_queue
 from tests.test_tui import SIZE, tui_config  # noqa: F401 (fixture)
 from tui.app import StagewatchApp
+from tui.widgets.queue import QueuePane
 
 WALL0 = 1_790_000_000.0  # fixed epoch of the session
 EXP = WALL0 + 900.0  # the minted token's expiry
@@ -134,6 +135,7 @@ def test_snapshot_passing_run(snap_compare, tui_config, passing_events):  # noqa
 
     async def check(pilot: object) -> None:
         assert app.state.verdict == "pass" and app.focus_probe == "golden-path"
+        assert app.query_one("#queue", QueuePane).probe_at_cursor() == "golden-path"  # the queue shows the focus
         assert "expires in 13:59" in app.query_one("#header").plain  # the frozen clock
 
     assert snap_compare(app, terminal_size=SIZE, run_before=check)
@@ -146,6 +148,7 @@ def test_snapshot_closed_before_ready(snap_compare, tui_config, closed_before_re
 
     async def check(pilot: object) -> None:
         assert app.focus_probe == "golden-path"
+        assert app.query_one("#queue", QueuePane).probe_at_cursor() == "golden-path"
         close = app.query_one("#close").plain
         assert "1000 Normal Closure — 'main cleanup' — server closed 50 ms after accept" in close
 

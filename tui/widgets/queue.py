@@ -78,17 +78,19 @@ class QueuePane(DataTable[Text]):
     def sync(self, state: SessionState, changed: set[str] | None = None) -> None:
         """Rebuild when the queue's membership or the width changed, else update the changed rows in place."""
         probe_width = max([len(i) for i in state.order] + [COLUMNS[2][2]])
+        selected = self.probe_at_cursor()  # a rebuild (new width, new probes) keeps the selected probe selected
+        keep = self.cursor_row
         if (probe_width, self._result_room(probe_width)) != self._widths:
             self._build_columns(probe_width)
         if state.order != self._order:
-            keep = self.cursor_row
             self.clear()
             self._order = list(state.order)
             for probe_id in self._order:
                 buf = state.frames.get(probe_id)
                 self.add_row(*self._cells(state.probes[probe_id], buf.total if buf else 0), key=probe_id)
             if self._order:
-                self.move_cursor(row=min(keep, len(self._order) - 1), animate=False, scroll=False)
+                row = self._order.index(selected) if selected in self._order else min(keep, len(self._order) - 1)
+                self.move_cursor(row=row, animate=False, scroll=False)
             return
         for probe_id in self._order:
             if changed is not None and probe_id not in changed:
