@@ -381,7 +381,7 @@ class ProbeRun:
         except OSError as exc:
             kind, text = _os_error(exc)
             raise StageFailed(f"{text} ({urlsplit(url).netloc})", error=kind, **ev) from None
-        opened = time.monotonic()
+        opened = getattr(ws, "accepted_at", None) or time.monotonic()  # the 101 as read, not when we resumed
         resp_headers = ws.response.headers if ws.response is not None else None
         echoed = ws.subprotocol
         ev.update(http_status=101, subprotocol_echoed=self.ctx.redactor.text(echoed) if echoed else None,
@@ -497,8 +497,11 @@ class ProbeRun:
             by = "client"
         else:
             by = "none"
+        # When it happened on the wire: the peer's close frame (or the drop) as read, not when a stage noticed.
+        at = (conn.ws.close_frame_at if by == "server" else None) or (conn.ws.lost_at if by == "none" else None) \
+            or time.monotonic()
         closed = Closed(self._t(), self.probe.id, code, describe(code).name, self.ctx.redactor.text(reason), by,
-                        (time.monotonic() - conn.opened_at) * 1000.0,
+                        (at - conn.opened_at) * 1000.0,
                         describe(code).on_wire and (rcvd is not None or code == getattr(sent, "code", None)))
         conn.closed = closed
         self._emit(closed)

@@ -9,6 +9,7 @@ Text messages that are not valid UTF-8 fail the connection with 1007, as websock
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from websockets.asyncio.client import ClientConnection
@@ -23,6 +24,9 @@ class TappedConnection(ClientConnection):
 
     sink: Sink | None = None
     on_lost: Callable[[], None] | None = None
+    accepted_at: float | None = None  # monotonic time the handshake response was parsed
+    close_frame_at: float | None = None  # monotonic time the peer's close frame was parsed
+    lost_at: float | None = None  # monotonic time the TCP connection ended
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
@@ -42,6 +46,8 @@ class TappedConnection(ClientConnection):
 
     def process_event(self, event: object) -> None:
         if type(event) is not Frame or self.response is None:
+            if self.response is None and self.accepted_at is None:
+                self.accepted_at = time.monotonic()  # the handshake answer, as read off the socket
             super().process_event(event)  # type: ignore[arg-type]
             return
         opcode = event.opcode
@@ -54,6 +60,8 @@ class TappedConnection(ClientConnection):
             self.sink(message)
             return
         if opcode is not Opcode.TEXT and opcode is not Opcode.BINARY and opcode is not Opcode.CONT:
+            if opcode is Opcode.CLOSE and self.close_frame_at is None:
+                self.close_frame_at = time.monotonic()  # as read off the socket, not when a stage notices
             super().process_event(event)  # control frames: ping, pong, close
             return
         if opcode is not Opcode.CONT and event.fin:
@@ -93,6 +101,8 @@ class TappedConnection(ClientConnection):
             self.set_connection_exc(exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.lost_at is None:
+            self.lost_at = time.monotonic()
         super().connection_lost(exc)
         if self.on_lost is not None:
             self.on_lost()
