@@ -519,7 +519,25 @@ def parse_config(text: str, source: str) -> Config:
         raise ConfigError(f"{source}: {_MAX_NESTING}") from None
     config._lines.update(lines)
     _check_target_overrides(config)
+    _check_no_literal_credentials(config)
     return config
+
+
+CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
+
+
+def _check_no_literal_credentials(config: Config) -> None:
+    """A credential header must come from the environment (${VAR}): a literal one would be a committed secret."""
+    sections = [("protocol.headers", config.protocol.headers)]
+    sections += [(f"targets.{name}.protocol.headers", t.protocol.get("headers"))
+                 for name, t in config.targets.items() if isinstance(t.protocol, dict)]
+    for path, headers in sections:
+        if not isinstance(headers, dict):
+            continue
+        for header, value in headers.items():
+            if str(header).lower() in CREDENTIAL_HEADERS and "${" not in str(value):
+                raise ConfigError(f"{config.where(f'{path}.{header}')}: a credential header must be an ${{ENV_VAR}} "
+                                  "reference, not a literal value (secrets never go in the config file)")
 
 
 _OVERRIDABLE: dict[str, type[BaseModel]] = {"protocol": Protocol, "auth": Auth, "timeouts": Timeouts}

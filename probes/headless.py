@@ -30,8 +30,11 @@ class Printer:
 
     STATUS = {"pass": ("pass", "32"), "fail": ("FAIL", "31;1"), "error": ("ERROR", "33;1"), "skip": ("skip", "2")}
 
-    def __init__(self, out: TextIO = sys.stdout, color: bool | None = None, verbose: bool = False) -> None:
+    def __init__(self, out: TextIO = sys.stdout, color: bool | None = None, verbose: bool = False,
+                 insecure: bool = False) -> None:
         self.out = out
+        self.insecure = insecure
+        self.not_run = 0
         self.color = (out.isatty() and "NO_COLOR" not in os.environ) if color is None else color
         self.verbose = verbose
         self.priority: dict[str, int] = {}
@@ -49,8 +52,10 @@ class Printer:
 
     def handle(self, e: Event) -> None:
         if isinstance(e, RunStarted):
-            self.failures, self.count, self.passed = [], 0, 0
-            self._w(f"stagewatch → {e.target} ({e.base_url}) · {len(e.probes)} probes")
+            self.failures, self.count, self.passed, self.not_run = [], 0, 0, 0
+            where = e.target if e.base_url == e.target else f"{e.target} ({e.base_url})"
+            insecure = self._c(" · TLS NOT VERIFIED (--insecure)", "31;1") if self.insecure else ""
+            self._w(f"stagewatch → {where} · {len(e.probes)} probes{insecure}")
         elif isinstance(e, ProbeStarted):
             self.priority[e.probe_id] = e.priority
             self.skipped[e.probe_id] = 0
@@ -80,7 +85,9 @@ class Printer:
             self.count += 1
             if e.status == "pass":
                 self.passed += 1
-            elif e.status != "skip":
+            elif e.status == "skip":
+                self.not_run += 1
+            else:
                 self.failures.append(f"{e.probe_id} at {e.failed_stage}")
             n = self.skipped.get(e.probe_id, 0)
             if n and e.status != "skip":
@@ -93,8 +100,9 @@ class Printer:
             elif e.verdict == "interrupted":
                 verdict = self._c("INTERRUPTED", "33;1") + f" — {self.count} probes finished"
             else:
-                verdict = (self._c("FAIL", "31;1") + f" — {self.count - self.passed} of {self.count} probes failed"
-                           f" ({'; '.join(self.failures)})")
+                skipped = f", {self.not_run} not run (--fail-fast)" if self.not_run else ""
+                verdict = (self._c("FAIL", "31;1") + f" — {len(self.failures)} of {self.count} probes failed"
+                           f" ({'; '.join(self.failures)}){skipped}")
             self._w(f"verdict: {verdict} in {e.duration_ms / 1000:.2f} s")
 
 
@@ -122,13 +130,12 @@ def _write(path: Path, text: str) -> None:
         sys.stderr.write(f"stagewatch: warning: cannot write {path}: {exc.strerror or exc}\n")
 
 
-async def _run(req: HeadlessRequest) -> tuple[int, RunSummary, Recorder | None]:
+async def _run(req: HeadlessRequest, summary: RunSummary) -> tuple[int, RunSummary, Recorder | None]:
     bus = EventBus()
     clock = Clock()
-    summary = RunSummary()
     bus.subscribe(summary.handle)
     if not req.quiet:
-        bus.subscribe(Printer(verbose=req.verbose).handle)
+        bus.subscribe(Printer(verbose=req.verbose, insecure=not req.target.verify_tls).handle)
     recorder: Recorder | None = None
     if req.record_path is not None:
         redactor = Redactor(req.extra_secrets)
@@ -159,11 +166,13 @@ async def _run(req: HeadlessRequest) -> tuple[int, RunSummary, Recorder | None]:
 
 
 def run_headless(req: HeadlessRequest) -> int:
+    summary = RunSummary()
+    recorder: Recorder | None = None
     try:
-        code, summary, recorder = asyncio.run(_run(req))
+        code, _, recorder = asyncio.run(_run(req, summary))
     except KeyboardInterrupt:
         sys.stderr.write("stagewatch: interrupted\n")
-        return EXIT_INTERRUPTED
+        code = EXIT_INTERRUPTED  # the reports below still say what ran before the interrupt
     if req.json_path:
         _write(req.json_path, write_json(summary))
     if req.junit_path:
@@ -172,4 +181,6 @@ def run_headless(req: HeadlessRequest) -> int:
         _write(req.markdown_path, write_markdown(summary))
     if recorder is not None and recorder.active is False and recorder.error is None and not req.quiet:
         sys.stderr.write(f"stagewatch: recording: {recorder.path}\n")
+    elif recorder is None and req.record_path is not None and code == EXIT_INTERRUPTED and not req.quiet:
+        sys.stderr.write(f"stagewatch: recording: {req.record_path}\n")
     return code

@@ -123,6 +123,10 @@ def test_wrong_secret_is_auth_rejected(standalone_sandbox, tmp_path):
     (["run", "--target", "staging"], "STAGING_BASE_URL is not set"),
     (["run", "--url", "https://api.example.com"], "looks like production"),
     (["run", "--url", "http://127.0.0.1:1", "--fault", "garbage"], "--fault applies to the embedded sandbox"),
+    (["run", "--url", "https://www.latest-news.com"], "looks like production"),  # 'test' inside a word
+    (["run", "--url", "https://localhost.evil.com"], "looks like production"),
+    (["run", "--bogus"], "No such option '--bogus'"),  # Click's own usage errors, one line too
+    (["run", "--max-priority", "12"], "12 is not in the range"),
 ])
 def test_usage_errors_exit_2_with_one_line(tmp_path, args, message):
     proc = _stagewatch(*args, "--no-record", cwd=tmp_path)
@@ -150,3 +154,43 @@ def test_missing_signing_secret_is_a_config_error(tmp_path):
                               cwd=tmp_path)
     assert health_only.returncode == 1  # health needs no token: it runs (and finds nothing listening)
     assert "dns-or-refused" in health_only.stdout
+
+
+def test_non_production_patterns_match_whole_host_words():
+    from tui.cli import looks_like_production
+
+    patterns = ["staging", "localhost", "127.0.0.1", "[::1]", "::1", "dev", "test", "sandbox"]
+    for host in ("api.staging.netrasystems.ai", "staging-api.example.com", "localhost", "127.0.0.1", "::1",
+                 "api.dev.example.com"):
+        assert not looks_like_production(host, patterns), host
+    for host in ("api.example.com", "www.latest-news.com", "api.devices.com", "prod.contest.io",
+                 "localhost.evil.com", "127.0.0.3"):
+        assert looks_like_production(host, patterns), host
+
+
+def test_interrupted_run_exits_130_and_still_writes_its_reports(tmp_path):
+    import signal
+
+    proc = subprocess.Popen([*STAGEWATCH, "run", "--fault", "slow-agent", "--json", "r.json", "--junit", "r.xml",
+                             "--markdown", "r.md", "--record", "r.jsonl"], cwd=tmp_path, env=_env(PYTHONPATH=str(ROOT)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:  # wait until the golden path is in its (35 s) agent stage
+        if "golden-path" in line and "message" in line:
+            break
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["verdict"] == "interrupted"
+    assert [p["id"] for p in report["probes"]][:2] == ["health", "golden-path"]
+    assert report["probes"][0]["status"] == "pass"
+    assert "golden-path" in (tmp_path / "r.xml").read_text() and "INTERRUPTED" in (tmp_path / "r.md").read_text()
+    assert '"verdict": "interrupted"' in (tmp_path / "r.jsonl").read_text()
+
+
+def test_fail_fast_verdict_counts_failed_and_not_run_apart(tmp_path):
+    out = _stagewatch("run", "--fault", "not-ready", "--fail-fast", "--no-record", cwd=tmp_path)
+    assert out.returncode == 1
+    assert "1 of 6 probes failed (health at health), 5 not run (--fail-fast)" in out.stdout

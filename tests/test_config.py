@@ -32,6 +32,10 @@ def edit(old: str, new: str) -> Callable[[], str]:
 
 # name -> (how to make the bad text, the exact start of the message after "bad.yaml")
 CASES: dict[str, tuple[Callable[[], str], str]] = {
+    "a literal credential header": (
+        edit('    X-E2E-Test: "true"\n', '    X-E2E-Test: "true"\n    Authorization: "Bearer abc"\n'),
+        f":{line_of('X-E2E-Test') + 1}: protocol.headers.Authorization: a credential header must be "
+        "an ${ENV_VAR} reference"),
     "unknown top-level key": (lambda: BASE + "\nbogus: 1\n", f":{len(LINES) + 2}: bogus: unknown key"),
     "unknown nested key, with a suggestion": (
         edit("  ws_path: /ws\n", "  ws_path: /ws\n  wspath: /x\n"),

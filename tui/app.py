@@ -645,6 +645,10 @@ def run_app(config: Config, target: ResolvedTarget | None, options: RunOptions, 
     replay: Replay | None = None
     if replay_path is not None:
         try:
+            size = replay_path.stat().st_size if replay_path.exists() else 0
+            if size > 5 * 2**20:  # a flood's recording takes seconds to read: say so rather than show nothing
+                sys.stderr.write(f"stagewatch: reading {_home(replay_path)} ({size / 2**20:,.0f} MB)…\n")
+                sys.stderr.flush()
             replay = read_recording(replay_path)
         except RecordingError as exc:
             sys.stderr.write(f"stagewatch: error: {exc}\n")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable
@@ -41,8 +42,16 @@ def _config(path: str | None) -> Config:
 
 
 def looks_like_production(host: str, patterns: list[str]) -> bool:
-    host = host.lower()
-    return not any(p.lower() in host for p in patterns)
+    """True unless a pattern names the host: an address or `localhost` must be the whole host; a word such as
+    `staging` must be a whole label or dash-separated part of one (api.staging.x, staging-api.x), so that
+    `latest-news.com` or `localhost.evil.com` do not pass for non-production."""
+    host = host.lower().strip("[]")
+    words = set(re.split(r"[.\-]", host))
+    for pattern in (p.lower().strip("[]") for p in patterns):
+        if pattern == host or ("." not in pattern and ":" not in pattern and pattern != "localhost"
+                               and pattern in words):
+            return False
+    return True
 
 
 def _target(config: Config, name: str | None, url: str | None, *, allow_production: bool,
@@ -296,5 +305,19 @@ def replay(recording: Path, config_path: str | None, markdown: bool, as_json: bo
     _open_app(_config(config_path), None, RunOptions(), None, replay=recording)
 
 
+def entry() -> None:
+    """The console script: Click's own usage errors (unknown option, bad value) as one line, exit 2."""
+    try:
+        code = main.main(prog_name="stagewatch", standalone_mode=False)
+    except click.UsageError as exc:
+        fail(f"{exc.format_message()} (see '{exc.ctx.command_path if exc.ctx else 'stagewatch'} --help')")
+    except click.ClickException as exc:
+        fail(exc.format_message())
+    except click.Abort:
+        click.echo("stagewatch: interrupted", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
 if __name__ == "__main__":
-    main()
+    entry()
