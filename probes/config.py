@@ -153,6 +153,16 @@ class Protocol(_Model):
         return headers
 
 
+def _first_repeat(values: list[str]) -> int | None:
+    """The index of the first value that already came earlier in the list."""
+    seen: set[str] = set()
+    for index, value in enumerate(values):
+        if value in seen:
+            return index
+        seen.add(value)
+    return None
+
+
 StepKind = Literal["http", "auth", "connect", "expect", "send", "expect_events", "close"]
 
 
@@ -187,11 +197,9 @@ class ProbeDef(_Model):
     def _names_unique(cls, steps: list[Step]) -> list[Step]:
         if not steps:
             raise ValueError("a probe needs at least one step")
-        seen: set[str] = set()
-        for index, s in enumerate(steps):
-            if s.name in seen:
-                raise LocatedError(f"stage name {s.name!r} is used twice in this probe", (index, "name"))
-            seen.add(s.name)
+        index = _first_repeat([s.name for s in steps])
+        if index is not None:
+            raise LocatedError(f"stage name {steps[index].name!r} is used twice in this probe", (index, "name"))
         return steps
 
 
@@ -234,11 +242,9 @@ class Config(_Model):
     @field_validator("probes")
     @classmethod
     def _ids_unique(cls, probes: list[ProbeDef]) -> list[ProbeDef]:
-        seen: set[str] = set()
-        for index, probe in enumerate(probes):
-            if probe.id in seen:
-                raise LocatedError(f"probe id {probe.id!r} is used twice", (index, "id"))
-            seen.add(probe.id)
+        index = _first_repeat([p.id for p in probes])
+        if index is not None:
+            raise LocatedError(f"probe id {probes[index].id!r} is used twice", (index, "id"))
         return probes
 
     @model_validator(mode="after")

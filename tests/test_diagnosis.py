@@ -268,9 +268,18 @@ def test_echo_header_shapes():
 
 # --- conditions an independent server showed, each with its own rule ----------------------------------------------
 
-async def _raw_server(answer):
-    """A plain TCP server on loopback; `answer(reader, writer)` plays the server's part."""
-    return await asyncio.start_server(answer, "127.0.0.1", 0)
+async def _against_raw(answer, config, probe):
+    """Run `probe` against a plain TCP server on loopback where `answer(reader, writer)` plays the server."""
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    async with server:
+        return await _run_url(config, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", only=(probe,))
+
+
+async def _against_ws(handler, config, probe):
+    """Run `probe` against a websockets server on loopback (no health) whose connection handler is `handler`."""
+    async with serve(handler, "127.0.0.1", 0, select_subprotocol=lambda c, s: s[0] if s else None) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        return await _run_url(config, f"http://127.0.0.1:{port}", only=(probe,))
 
 
 async def test_secret_missing_is_named_not_unknown(fast_config):
@@ -284,10 +293,7 @@ async def test_connection_dropped_at_the_upgrade(fast_config):
         await reader.readuntil(b"\r\n\r\n")
         writer.transport.abort()
 
-    server = await _raw_server(drop)
-    port = server.sockets[0].getsockname()[1]
-    async with server:
-        events = await _run_url(fast_config, f"http://127.0.0.1:{port}", only=("auth-required",))
+    events = await _against_raw(drop, fast_config, "auth-required")
     assert _first_code(events, "auth-required") == "upgrade-dropped"
     connect = next(e for e in events if isinstance(e, StageFinished) and e.stage == "connect")
     assert "closed before any HTTP answer" in connect.detail
@@ -300,10 +306,7 @@ async def test_health_redirect_names_the_location(fast_config):
         await writer.drain()
         writer.close()
 
-    server = await _raw_server(redirect)
-    port = server.sockets[0].getsockname()[1]
-    async with server:
-        events = await _run_url(fast_config, f"http://127.0.0.1:{port}", only=("health",))
+    events = await _against_raw(redirect, fast_config, "health")
     assert _first_code(events, "health") == "health-http-error"
     health = next(e for e in events if isinstance(e, StageFinished) and e.stage == "health")
     assert health.detail == "GET /health: HTTP 302 Found → https://login.example/sso"
@@ -314,11 +317,8 @@ async def test_health_that_never_answers_is_no_answer(fast_config):
         await reader.read(1)
         await asyncio.sleep(10)
 
-    server = await _raw_server(hang)
-    port = server.sockets[0].getsockname()[1]
     config = fast_config.model_copy(update={"timeouts": fast_config.timeouts.model_copy(update={"http": 0.3})})
-    async with server:
-        events = await _run_url(config, f"http://127.0.0.1:{port}", only=("health",))
+    events = await _against_raw(hang, config, "health")
     assert _first_code(events, "health") == "no-answer"
 
 
@@ -328,9 +328,7 @@ async def test_invalid_utf8_is_a_protocol_error(fast_config):
         async for _ in ws:
             await ws.send(b"\xff\xfe not utf-8", text=True)
 
-    async with serve(bad_utf8, "127.0.0.1", 0, select_subprotocol=lambda c, s: s[0] if s else None) as server:
-        port = next(iter(server.sockets)).getsockname()[1]
-        events = await _run_url(fast_config, f"http://127.0.0.1:{port}", only=("event-order",))
+    events = await _against_ws(bad_utf8, fast_config, "event-order")
     assert _first_code(events, "event-order") == "protocol-error"
 
 
@@ -341,9 +339,7 @@ async def test_clean_close_mid_run_is_closed_during_run(fast_config):
             await ws.send(json.dumps({"type": "agent_started"}))
             await ws.close(1000, "session cleanup")
 
-    async with serve(quits, "127.0.0.1", 0, select_subprotocol=lambda c, s: s[0] if s else None) as server:
-        port = next(iter(server.sockets)).getsockname()[1]
-        events = await _run_url(fast_config, f"http://127.0.0.1:{port}", only=("event-order",))
+    events = await _against_ws(quits, fast_config, "event-order")
     assert _first_code(events, "event-order") == "closed-during-run"
 
 
@@ -355,10 +351,7 @@ async def test_response_in_a_message_frame_passes(fast_config):
                 await ws.send(json.dumps({"type": name, "data": {}}))
             await ws.send(json.dumps({"type": "message", "data": {"text": "4"}}))
 
-    async with serve(answers_with_message, "127.0.0.1", 0,
-                     select_subprotocol=lambda c, s: s[0] if s else None) as server:
-        port = next(iter(server.sockets)).getsockname()[1]
-        events = await _run_url(fast_config, f"http://127.0.0.1:{port}", only=("event-order", "message-flow"))
+    events = await _against_ws(answers_with_message, fast_config, "message-flow")
     failed = [(e.probe_id, e.stage, e.detail) for e in events if isinstance(e, StageFinished)
               and e.status in ("fail", "error")]
     assert failed == []
