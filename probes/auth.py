@@ -62,7 +62,7 @@ def read_secret(auth: Auth, env: Mapping[str, str], *, loopback_port: int | None
         handoff = read_handoff(loopback_port)
         if handoff and isinstance(handoff.get("secret"), str):
             return handoff["secret"], f"the local sandbox's key (port {loopback_port})"
-    raise AuthError(f"environment variable {auth.secret_env} is not set (the JWT signing secret)")
+    raise AuthError(f"environment variable {auth.secret_env} is not set or empty (the JWT signing secret)")
 
 
 def mint(auth: Auth, secret: str, *, now: float | None = None) -> tuple[str, dict[str, Any]]:
@@ -85,7 +85,7 @@ def decode_unverified(token: str) -> dict[str, Any]:
 def token_from_env(auth: Auth, env: Mapping[str, str]) -> TokenInfo:
     token = env.get(auth.token_env, "").strip()  # a token pasted or read from a file often ends in a newline
     if not token:
-        raise AuthError(f"environment variable {auth.token_env} is not set (auth.mode is 'env')")
+        raise AuthError(f"environment variable {auth.token_env} is not set or empty (auth.mode is 'env')")
     return TokenInfo(token, f"${auth.token_env}", decode_unverified(token))
 
 

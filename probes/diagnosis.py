@@ -149,6 +149,14 @@ def _cut(text: str, limit: int) -> str:
     return (head.rsplit(" ", 1)[0] if " " in head[limit // 2:] else head) + "…"
 
 
+def _version_unknown(f: Facts) -> list[str] | None:
+    if f.step == "http" and f.fe.get("version_missing"):
+        body = str(f.fe.get("body", "")).strip().replace("\n", " ")[:120]
+        return [f"{f.failed.name}: {f.failed.detail}" if f.failed else "", f"health answered: {body or '(empty)'}",
+                f"protocol.version_field is '{f.protocol.version_field}'"]
+    return None
+
+
 def _secret_missing(f: Facts) -> list[str] | None:
     if f.fe.get("secret_missing"):
         return [f.failed.detail if f.failed else "no credentials"]
@@ -305,7 +313,14 @@ def _auth_not_enforced(f: Facts) -> list[str] | None:
 
 def _auth_rejected(f: Facts) -> list[str] | None:
     if f.upgrade_refused and f.status in (401, 403):
-        return [f.status_line(), f"token sent via {', '.join(f.fe.get('transport', [])) or 'nothing'}"]
+        lines = [f.status_line(), f"token sent via {', '.join(f.fe.get('transport', [])) or 'nothing'}"]
+        skew = f.skew_s
+        claims = f.token_claims
+        if skew is not None and abs(skew) >= SKEW_LIMIT_S and not _skew_explains(skew, claims.get("iat"),
+                                                                                 claims.get("exp")):
+            lines.append(f"note: the server's clock is {abs(skew):.0f} s {'ahead' if skew > 0 else 'behind'}, "
+                         "not enough to put the token outside its lifetime")
+        return lines
     c = f.close
     if c is not None and c.code in AUTH_CLOSE_CODES and f.failed is not None:
         return [f.close_line(c), "the server accepted the upgrade, then refused the session"]
@@ -342,7 +357,7 @@ def _proxy_timer(f: Facts) -> list[str] | None:
 
 def _server_error(f: Facts) -> list[str] | None:
     if f.status is not None and 500 <= f.status <= 599 and f.status not in (502, 503, 504):
-        return [f"{f.failed.name}: HTTP {f.status}" if f.failed else ""]
+        return [f.status_line() if f.upgrade_refused else (f"{f.failed.name}: HTTP {f.status}" if f.failed else "")]
     c = f.close
     if c is not None and c.code == 1011 and f.failed is not None:
         return [f.close_line(c), f.frames_line()]
@@ -447,8 +462,7 @@ RULES: tuple[RuleRow, ...] = (
             "the server or a proxy closed the TCP connection without answering the upgrade request",
             "check the proxy/load balancer logs and that the backend process is up and not crashing on connect"),
     RuleRow("no-answer", _no_answer,
-            "the host accepted the connection but sent no (complete) answer in time: hung, overloaded, or a "
-            "firewall dropping packets",
+            "no (complete) answer in time: the service is hung or overloaded, or a firewall drops the packets",
             "check the service's load and logs; a firewall or security group that drops instead of refusing"),
     RuleRow("not-ready", _not_ready,
             "the service is up but not serving yet (502/503/504 or 1013): cold start or a deploy in progress",
@@ -459,6 +473,9 @@ RULES: tuple[RuleRow, ...] = (
     RuleRow("health-http-error", _health_http_error,
             "the health endpoint answered a redirect or a 4xx: wrong path, a login page, or http→https",
             "check protocol.health_paths and the base URL's scheme; a redirect's Location says where it points"),
+    RuleRow("version-unknown", _version_unknown,
+            "a build was expected, but health does not say which build it serves",
+            "point protocol.version_field at the build id in the health JSON (dotted path), or drop the expectation"),
     RuleRow("auth-header-stripped", _auth_header_stripped,
             "the token never reached the backend: a proxy or load balancer stripped the auth header/subprotocol",
             "check the ingress/load balancer config forwards Authorization and Sec-WebSocket-Protocol"),
@@ -494,7 +511,7 @@ RULES: tuple[RuleRow, ...] = (
             "1010 extension)",
             "capture the offending frame (stagewatch replay shows the last frames) and fix the sender"),
     RuleRow("server-error", _server_error, "the server hit an internal error (1011 or HTTP 5xx)",
-            "look at the backend logs at the time of the close for the exception"),
+            "look at the backend logs at that moment (the 5xx answer or the 1011 close) for the exception"),
     RuleRow("restart-during-run", _restart,
             "the server went away or restarted during the run (1001/1012): a deploy or scale-down",
             "expect this during a rollout; check the pod's shutdown drain time covers running agents"),

@@ -255,7 +255,8 @@ class ProbeRun:
                                   http_status=resp.status_code, version=version, expected_version=expected)
             if expected and version is None:
                 raise StageFailed(f"GET {path}: no '{self.p.version_field}' field to compare with {expected}",
-                                  http_status=resp.status_code, expected_version=expected)
+                                  http_status=resp.status_code, expected_version=expected, version_missing=True,
+                                  body=self.ctx.redactor.text(resp.text[:200]))
         return " · ".join(details), {"version": versions[0] if versions else None}
 
     # --- auth -----------------------------------------------------------------------------------------

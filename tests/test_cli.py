@@ -149,7 +149,7 @@ def test_missing_signing_secret_is_a_config_error(tmp_path):
     out = _stagewatch("run", "--url", f"http://127.0.0.1:{port}", "--no-record", cwd=tmp_path)
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr == (f"stagewatch: error: target 'http://127.0.0.1:{port}': environment variable JWT_SECRET_KEY "
-                          "is not set (the JWT signing secret); export it, or set auth.mode in the config\n")
+                          "is not set or empty (the JWT signing secret); export it, or set auth.mode in the config\n")
     health_only = _stagewatch("run", "--url", f"http://127.0.0.1:{port}", "--no-record", "--only", "health",
                               cwd=tmp_path)
     assert health_only.returncode == 1  # health needs no token: it runs (and finds nothing listening)

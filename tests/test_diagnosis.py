@@ -377,3 +377,15 @@ def test_clock_skew_only_when_it_explains_the_refusal(skew_s, first):
     assert found[0].code == first, [d.code for d in found]
     if first == "clock-skew":
         assert "UTC" in found[0].evidence[1] and "15 min" in found[0].evidence[1]
+        assert not any("not enough" in line for d in found for line in d.evidence)
+    elif abs(skew_s) >= 60:  # a skew that does not explain the refusal is still mentioned, as a note
+        assert "note: the server's clock is 119 s ahead" in " ".join(found[0].evidence)
+
+
+def test_health_without_the_expected_build_field_is_version_unknown():
+    ev = Evidence()
+    ev.add(StageStarted(0, "p", "health", "http"))
+    ev.add(StageFinished(0, "p", "health", "fail", 1.0, "GET /health: no 'version' field to compare with b1",
+                         {"http_status": 200, "expected_version": "b1", "version_missing": True, "body": "[]"}))
+    found = diagnose(ev)
+    assert found[0].code == "version-unknown" and "health answered: []" in found[0].evidence
