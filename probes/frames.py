@@ -60,23 +60,40 @@ def _one_line(text: str, limit: int = SUMMARY_CHARS) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
-def _brief(value: Any, depth: int = 0) -> str:
-    """A compact rendering of a JSON value that stays short for huge or deep values."""
-    if depth > 2:
-        return "…"
-    if isinstance(value, dict):
-        parts = []
-        for i, (k, v) in enumerate(value.items()):
-            if i >= 4:
-                parts.append("…")
-                break
-            parts.append(f"{k}={_brief(v, depth + 1)}")
-        return "{" + ", ".join(parts) + "}"
+def _scalar(value: Any) -> str:
+    if isinstance(value, str):
+        short = value[:40] + ("…" if len(value) > 40 else "")
+        return short if short and not any(c.isspace() or c in '="' for c in short) else json.dumps(short,
+                                                                                                   ensure_ascii=False)
     if isinstance(value, list):
         return f"[{len(value)} items]"
-    if isinstance(value, str):
-        return repr(value[:40] + ("…" if len(value) > 40 else ""))
-    return repr(value)
+    if isinstance(value, dict):
+        return "{…}"
+    return json.dumps(value)
+
+
+def _brief(value: Any) -> str:
+    """A one-line rendering of a JSON value as `path=value` leaves, e.g. `run_id=c0ffee thought="Looking…"`.
+
+    A lone wrapper ({"payload": {...}}) is unwrapped; nesting shows as dotted paths; it stops once the line is
+    long enough for a summary, so huge or deep values cost no more than short ones.
+    """
+    if not isinstance(value, dict):
+        return _scalar(value)
+    while len(value) == 1 and isinstance(next(iter(value.values())), dict):
+        value = next(iter(value.values()))
+    parts: list[str] = []
+    length = 0
+    stack: list[tuple[str, Any, int]] = [(str(k), v, 0) for k, v in reversed(list(value.items())[:12])]
+    while stack and length < SUMMARY_CHARS:
+        path, item, depth = stack.pop()
+        if isinstance(item, dict) and item and depth < 2:
+            stack.extend((f"{path}.{k}", v, depth + 1) for k, v in reversed(list(item.items())[:12]))
+            continue
+        part = f"{path}={_scalar(item)}"
+        parts.append(part)
+        length += len(part) + 1
+    return " ".join(parts) + (" …" if stack else "")
 
 
 def classify(data: str | bytes, type_field: str = "type") -> FrameInfo:
