@@ -193,7 +193,8 @@ def write_markdown(summary: RunSummary) -> str:
         if close:
             info = describe(close["code"])
             out += ["", f"**Close:** `{close['code']}` {info.name} — reason `{close['reason'] or '(none)'}` — "
-                        f"closed by {close['by']} {close['after_ms']:.0f} ms after accept. {info.meaning}."]
+                        f"closed by {close['by']} {close['after_ms']:.0f} ms after accept. {info.meaning[:1].upper()}"
+                        f"{info.meaning[1:]}."]
         for d in p.diagnoses:
             out += ["", f"**Diagnosis `{d['code']}`:** {d['summary']}"]
             out += [f"- {e}" for e in d.get("evidence", [])]

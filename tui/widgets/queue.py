@@ -15,7 +15,7 @@ from tui.state import ProbeState, SessionState, fmt_ms
 from tui.widgets.theme import glyph, status_color
 
 # (label, key, width); the probe column widens to the longest id, the result column takes what is left.
-COLUMNS = (("", "glyph", 1), ("P", "prio", 2), ("probe", "probe", 14), ("time", "time", 7),
+COLUMNS = (("", "glyph", 1), ("P", "prio", 2), ("probe", "probe", 10), ("time", "time", 6),
            ("last result", "result", 0))
 
 
@@ -64,6 +64,8 @@ class QueuePane(DataTable[Text]):
         if frames and probe.status == "running":
             result += f" · {frames:,} frames"
         room = self._widths[1]
+        if len(result) > room and ": " in result and probe.status in ("fail", "error"):
+            result = result.partition(": ")[2]  # narrow: the why (diagnosis code) over the where (stage)
         if len(result) > room:
             result = result[: max(1, room - 1)] + "…"
         return [
