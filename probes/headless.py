@@ -130,7 +130,7 @@ def _write(path: Path, text: str) -> None:
         sys.stderr.write(f"stagewatch: warning: cannot write {path}: {exc.strerror or exc}\n")
 
 
-async def _run(req: HeadlessRequest, summary: RunSummary) -> tuple[int, RunSummary, Recorder | None]:
+async def _run(req: HeadlessRequest, summary: RunSummary, recorders: list[Recorder]) -> int:
     bus = EventBus()
     clock = Clock()
     bus.subscribe(summary.handle)
@@ -140,6 +140,7 @@ async def _run(req: HeadlessRequest, summary: RunSummary) -> tuple[int, RunSumma
     if req.record_path is not None:
         redactor = Redactor(req.extra_secrets)
         recorder = Recorder(req.record_path, redactor, clock.wall, notify=bus.publish)
+        recorders.append(recorder)  # the caller reports on it even when an interrupt ends this coroutine
         bus.subscribe(recorder.handle)
         await recorder.start()
     try:
@@ -159,7 +160,7 @@ async def _run(req: HeadlessRequest, summary: RunSummary) -> tuple[int, RunSumma
             sys.stdout.write(f"rounds: {rounds}, failed: {failed_rounds}\n")
         if recorder is not None and not recorder.active and recorder.error and req.quiet:
             sys.stderr.write(f"stagewatch: warning: {recorder.error}\n")
-        return (EXIT_OK if failed_rounds == 0 else EXIT_FAILED), summary, recorder
+        return EXIT_OK if failed_rounds == 0 else EXIT_FAILED
     finally:
         if recorder is not None:
             recorder.close()
@@ -167,9 +168,9 @@ async def _run(req: HeadlessRequest, summary: RunSummary) -> tuple[int, RunSumma
 
 def run_headless(req: HeadlessRequest) -> int:
     summary = RunSummary()
-    recorder: Recorder | None = None
+    recorders: list[Recorder] = []
     try:
-        code, _, recorder = asyncio.run(_run(req, summary))
+        code = asyncio.run(_run(req, summary, recorders))
     except KeyboardInterrupt:
         sys.stderr.write("stagewatch: interrupted\n")
         code = EXIT_INTERRUPTED  # the reports below still say what ran before the interrupt
@@ -179,8 +180,7 @@ def run_headless(req: HeadlessRequest) -> int:
         _write(req.junit_path, write_junit(summary))
     if req.markdown_path:
         _write(req.markdown_path, write_markdown(summary))
-    if recorder is not None and recorder.active is False and recorder.error is None and not req.quiet:
-        sys.stderr.write(f"stagewatch: recording: {recorder.path}\n")
-    elif recorder is None and req.record_path is not None and code == EXIT_INTERRUPTED and not req.quiet:
-        sys.stderr.write(f"stagewatch: recording: {req.record_path}\n")
+    for recorder in recorders:
+        if recorder.error is None and not req.quiet:
+            sys.stderr.write(f"stagewatch: recording: {recorder.path}\n")
     return code

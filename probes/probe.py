@@ -148,6 +148,7 @@ class ProbeRun:
                                 self.probe.priority, tuple(s.name for s in self.probe.steps)))
         failed: str | None = None
         status: Status = "pass"
+        current: str | None = None
         try:
             for step in self.probe.steps:
                 if failed is not None:
@@ -155,9 +156,16 @@ class ProbeRun:
                     self._emit(StageFinished(self._t(), self.probe.id, step.name, "skip", 0.0,
                                              f"not run: {failed} failed"))
                     continue
+                current = step.name
                 result = await self._stage(step)
                 if result in ("fail", "error"):
                     failed, status = step.name, result
+        except asyncio.CancelledError:
+            # Interrupted (Ctrl-C, a rerun, quitting): every consumer still learns how this probe ended.
+            await self._close_quietly()
+            self._emit(ProbeFinished(self._t(), self.probe.id, "error", _ms(start), current, self.frames_in,
+                                     self.frames_out))
+            raise
         finally:
             await self._close_quietly()
         from .diagnosis import diagnose  # local import: diagnosis imports evidence, not this module

@@ -153,7 +153,8 @@ def write_junit(summary: RunSummary) -> str:
             el = ET.SubElement(case, tag, message=failure_message(p), type=kind)
             el.text = body
         elif p.status == "skip":
-            ET.SubElement(case, "skipped", message="not run (--fail-fast)")
+            why = next((s.detail for s in p.evidence.stages if s.detail), "not run")
+            ET.SubElement(case, "skipped", message=why)
         else:
             ET.SubElement(case, "system-out").text = body
     ET.indent(suites)

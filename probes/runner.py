@@ -17,7 +17,7 @@ import httpx
 
 from .bus import EventBus
 from .clock import Clock
-from .config import Config, ProbeDef, ResolvedTarget
+from .config import CREDENTIAL_HEADERS, Config, ProbeDef, ResolvedTarget
 from .events import ProbeFinished, ProbeStarted, RunFinished, RunStarted, StageFinished, StageStarted
 from .probe import LOOPBACK, ProbeRun, RunContext
 from .redact import Redactor
@@ -85,7 +85,14 @@ async def run_queue(config: Config, target: ResolvedTarget, bus: EventBus, optio
     redactor = Redactor([secret] if secret else [])
     redactor.add(env.get(target.auth.secret_env))
     redactor.add(env.get(target.auth.token_env))
+    for name, value in target.protocol.headers.items():  # credentials the config sends as headers (${VAR}s)
+        if name.lower() in CREDENTIAL_HEADERS:
+            redactor.add(value)
+            redactor.add(value.partition(" ")[2])  # "Bearer <credential>": the credential alone, too
     started = time.monotonic()
+    queue: asyncio.PriorityQueue[tuple[int, int, ProbeDef]] = asyncio.PriorityQueue()
+    for index, probe in enumerate(probes):
+        queue.put_nowait((probe.priority, index, probe))
     results: list[ProbeFinished] = []
     verdict = "pass"
     verify: bool = target.verify_tls
@@ -97,14 +104,11 @@ async def run_queue(config: Config, target: ResolvedTarget, bus: EventBus, optio
                              allowed_hosts=target_hosts(target, base_url))
             bus.publish(RunStarted(clock(), target.name, base_url,
                                    tuple((p.id, p.name or p.id, p.priority) for p in probes), clock.wall))
-            queue: asyncio.PriorityQueue[tuple[int, int, ProbeDef]] = asyncio.PriorityQueue()
-            for index, probe in enumerate(probes):
-                queue.put_nowait((probe.priority, index, probe))
             stop = False
             while not queue.empty():
                 _, _, probe = queue.get_nowait()
                 if stop:
-                    results.append(_skip(bus, clock, probe))
+                    results.append(_skip(bus, clock, probe, "not run: --fail-fast"))
                     continue
                 finished = await ProbeRun(probe, ctx).run()
                 results.append(finished)
@@ -112,6 +116,8 @@ async def run_queue(config: Config, target: ResolvedTarget, bus: EventBus, optio
                     verdict = "fail"
                     stop = options.fail_fast
     except asyncio.CancelledError:
+        while not queue.empty():  # the probes the interrupt kept from running are reported as not run
+            results.append(_skip(bus, clock, queue.get_nowait()[2], "not run: the run was interrupted"))
         bus.publish(RunFinished(clock(), "interrupted", round((time.monotonic() - started) * 1000, 1)))
         raise
     finally:
@@ -121,12 +127,12 @@ async def run_queue(config: Config, target: ResolvedTarget, bus: EventBus, optio
     return RunResult(verdict, results, base_url)
 
 
-def _skip(bus: EventBus, clock: Clock, probe: ProbeDef) -> ProbeFinished:
+def _skip(bus: EventBus, clock: Clock, probe: ProbeDef, why: str) -> ProbeFinished:
     bus.publish(ProbeStarted(clock(), probe.id, probe.name or probe.id, probe.priority,
                              tuple(s.name for s in probe.steps)))
     for s in probe.steps:
         bus.publish(StageStarted(clock(), probe.id, s.name, s.step))
-        bus.publish(StageFinished(clock(), probe.id, s.name, "skip", 0.0, "not run: --fail-fast"))
+        bus.publish(StageFinished(clock(), probe.id, s.name, "skip", 0.0, why))
     finished = ProbeFinished(clock(), probe.id, "skip", 0.0, None, 0, 0)
     bus.publish(finished)
     return finished

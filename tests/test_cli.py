@@ -164,8 +164,11 @@ def test_non_production_patterns_match_whole_host_words():
                  "api.dev.example.com"):
         assert not looks_like_production(host, patterns), host
     for host in ("api.example.com", "www.latest-news.com", "api.devices.com", "prod.contest.io",
-                 "localhost.evil.com", "127.0.0.3"):
+                 "localhost.evil.com", "127.0.0.3", "127.0.0.1.evil.com"):
         assert looks_like_production(host, patterns), host
+    assert not looks_like_production("api.pre-prod.example.com", ["pre-prod"])  # patterns with a dash or dot
+    assert not looks_like_production("ws.staging.example.com", ["staging.example.com"])
+    assert looks_like_production("xstaging.example.com", ["staging.example.com"])
 
 
 def test_interrupted_run_exits_130_and_still_writes_its_reports(tmp_path):
@@ -184,9 +187,16 @@ def test_interrupted_run_exits_130_and_still_writes_its_reports(tmp_path):
     assert proc.returncode == 130, err
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["verdict"] == "interrupted"
-    assert [p["id"] for p in report["probes"]][:2] == ["health", "golden-path"]
-    assert report["probes"][0]["status"] == "pass"
-    assert "golden-path" in (tmp_path / "r.xml").read_text() and "INTERRUPTED" in (tmp_path / "r.md").read_text()
+    statuses = {p["id"]: p["status"] for p in report["probes"]}
+    # the probe that was running ended in error at its stage; the ones the interrupt kept from running: skip
+    assert statuses == {"health": "pass", "golden-path": "error", "auth-required": "skip", "event-order": "skip",
+                        "message-flow": "skip", "reconnect": "skip"}, statuses
+    golden = next(p for p in report["probes"] if p["id"] == "golden-path")
+    assert {"name": "agent", "status": "error", "detail": "interrupted"}.items() <= golden["stages"][5].items()
+    junit = (tmp_path / "r.xml").read_text()
+    assert 'errors="1"' in junit and 'skipped="4"' in junit and "not run: the run was interrupted" in junit
+    assert "INTERRUPTED" in (tmp_path / "r.md").read_text()
+    assert err.count("stagewatch: recording: r.jsonl") == 1
     assert '"verdict": "interrupted"' in (tmp_path / "r.jsonl").read_text()
 
 

@@ -359,7 +359,7 @@ async def test_response_in_a_message_frame_passes(fast_config):
 
 def _skewed_refusal(skew_s: float, ttl_s: int = 900) -> Evidence:
     import email.utils
-    now = time.time()
+    now = float(int(time.time()))  # whole seconds: the Date header has no finer resolution
     ev = Evidence()
     ev.add(StageStarted(0, "p", "auth", "auth"))
     ev.add(StageFinished(0, "p", "auth", "pass", 1.0, "minted", {"iat": int(now), "exp": int(now) + ttl_s}))

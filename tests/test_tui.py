@@ -424,3 +424,41 @@ async def test_enter_opens_a_frame_whole_and_esc_goes_back(tui_config):
         await pilot.press("escape")
         await wait_until(pilot, lambda: "Frame #0" not in screen_text(app))
         assert "? Help" in screen_text(app) and "q Quit" in screen_text(app)  # the footer fits 80 columns
+
+
+async def test_engine_runs_never_overlap_and_each_is_cancelled_once():
+    """Three runs started in quick succession (r, r, r): each earlier run is cancelled once and its cleanup runs
+    to the end before the next run starts; a second cancel would cut that cleanup short."""
+    import asyncio
+
+    from tui.engine import EngineThread
+
+    log: list[str] = []
+
+    async def run(name: str) -> None:
+        log.append(f"{name} start")
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            log.append(f"{name} cleanup")
+            await asyncio.sleep(0.2)  # a close handshake, a sandbox stop: must not be interrupted
+            log.append(f"{name} cleaned")
+            raise
+
+    engine = EngineThread()
+    engine.start()
+    try:
+        waits = []
+        for name in ("a", "b"):
+            waits.append(asyncio.ensure_future(engine.run(run(name))))
+            await asyncio.sleep(0.05)
+            waits[-1].cancel()  # what an exclusive worker does when the next run starts
+        last = asyncio.ensure_future(engine.run(run("c")))
+        await asyncio.sleep(0.8)
+        assert log == ["a start", "a cleanup", "a cleaned", "b start", "b cleanup", "b cleaned", "c start"] or \
+            log == ["a start", "a cleanup", "a cleaned", "c start"], log  # b may be cancelled before it starts
+        last.cancel()
+        await asyncio.sleep(0.4)
+        assert log[-2:] == ["c cleanup", "c cleaned"], log
+    finally:
+        engine.stop()

@@ -328,9 +328,9 @@ class StagewatchApp(App[int]):
                 self._queue_frames_at = now
                 self.query_one("#queue", QueuePane).sync(self.state, {probe.id})
         box = self.query_one("#frames-box")
-        total = buffer.total if buffer is not None else 0
+        total = buffer.frames if buffer is not None else 0
         title = f"Frames · {self.focus_probe} · {total:,}" if self.focus_probe else "Frames"
-        if buffer is not None and total > buffer.cap:
+        if buffer is not None and buffer.total > buffer.cap:
             title += f" (last {buffer.cap:,} shown)"
         if frames.filter is not None:
             title += f" · /{frames.filter.text} → {frames.row_count:,}"

@@ -46,11 +46,13 @@ def looks_like_production(host: str, patterns: list[str]) -> bool:
     `staging` must be a whole label or dash-separated part of one (api.staging.x, staging-api.x), so that
     `latest-news.com` or `localhost.evil.com` do not pass for non-production."""
     host = host.lower().strip("[]")
-    words = set(re.split(r"[.\-]", host))
     for pattern in (p.lower().strip("[]") for p in patterns):
-        if pattern == host or ("." not in pattern and ":" not in pattern and pattern != "localhost"
-                               and pattern in words):
+        if pattern == host:
             return False
+        if pattern == "localhost" or ":" in pattern or re.fullmatch(r"[\d.]+", pattern):
+            continue  # an address or localhost names one host, never a part of another
+        if re.search(rf"(?:^|[.-]){re.escape(pattern)}(?:$|[.-])", host):
+            return False  # 'staging', 'pre-prod', 'staging.example.com' between label or dash boundaries
     return True
 
 

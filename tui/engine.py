@@ -25,7 +25,9 @@ class EngineThread:
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._main, name="stagewatch-engine", daemon=True)
-        self._last: asyncio.Task[Any] | None = None  # engine-loop side: the run submitted last
+        # engine-loop side: the runs not finished yet, and runs the app cancelled before they started
+        self._runs: dict[object, asyncio.Task[Any]] = {}
+        self._cancel_requested: set[object] = set()
 
     def _main(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -46,27 +48,49 @@ class EngineThread:
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
-    async def _after_previous(self, coro: Coroutine[Any, Any, T]) -> T:
-        """In the engine loop: let the previous run finish its cancellation first (it publishes its RunFinished
-        and stops its sandbox), so two runs' events never interleave on the bus."""
-        previous, self._last = self._last, asyncio.current_task()
-        try:
-            if previous is not None and not previous.done():
-                previous.cancel()
-                await asyncio.wait([previous])
-        except BaseException:
+    async def _serial(self, coro: Coroutine[Any, Any, T], token: object) -> T:
+        """In the engine loop: runs never overlap. Every earlier run still going is cancelled (once: a second
+        cancel would cut short the cleanup the first one started — its close handshake, RunFinished, the sandbox's
+        stop) and awaited before `coro` starts, so two runs' events never interleave on the bus."""
+        if token in self._cancel_requested:  # the app gave up on this run before it even started
+            self._cancel_requested.discard(token)
             coro.close()
-            raise
-        return await coro
+            raise asyncio.CancelledError
+        me = asyncio.current_task()
+        assert me is not None
+        earlier = [t for t in self._runs.values() if not t.done()]
+        self._runs[token] = me
+        try:
+            try:
+                for task in earlier:
+                    _cancel_once(task)
+                if earlier:
+                    await asyncio.wait(earlier)
+            except BaseException:
+                coro.close()
+                raise
+            return await coro
+        finally:
+            self._runs.pop(token, None)
+
+    def _cancel_run(self, token: object) -> None:
+        task = self._runs.get(token)
+        if task is None:
+            self._cancel_requested.add(token)
+        else:
+            _cancel_once(task)
 
     async def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run `coro` in the engine loop (after the previous run has wound down) and wait for it here; a cancelled
-        wait cancels it there."""
-        future = self.submit(self._after_previous(coro))
+        """Run `coro` in the engine loop (after earlier runs have wound down) and wait for it here; a cancelled
+        wait cancels it there, once."""
+        token = object()
+        future = self.submit(self._serial(coro, token))
         try:
-            return await asyncio.wrap_future(future)
+            # shield: the wait's own cancellation must not reach the engine task as well (that would be a second
+            # cancel); the engine loop is asked to cancel it exactly once instead.
+            return await asyncio.shield(asyncio.wrap_future(future))
         except asyncio.CancelledError:
-            future.cancel()
+            self.loop.call_soon_threadsafe(self._cancel_run, token)
             raise
 
     def call(self, func: Any, *args: Any) -> None:
@@ -81,7 +105,7 @@ class EngineThread:
         async def shutdown() -> None:
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             for task in tasks:
-                task.cancel()
+                _cancel_once(task)
             if tasks:
                 await asyncio.wait(tasks, timeout=timeout)
 
@@ -91,3 +115,9 @@ class EngineThread:
             pass
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout)
+
+
+def _cancel_once(task: asyncio.Task[Any]) -> None:
+    """Cancel a task unless it is already being cancelled (its cleanup is under way: let it finish)."""
+    if not task.done() and not task.cancelling():
+        task.cancel()

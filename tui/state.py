@@ -31,7 +31,7 @@ class FrameBuffer:
     are shown and at most `2 * cap` (and `max_bytes` of data) kept.
     """
 
-    __slots__ = ("start", "items", "cap", "max_bytes", "_bytes", "_info")
+    __slots__ = ("start", "items", "cap", "max_bytes", "_bytes", "_info", "closes")
 
     def __init__(self, cap: int = FRAME_CAP, max_bytes: int = FRAME_BYTES) -> None:
         self.start = 0  # seq of items[0]
@@ -40,6 +40,7 @@ class FrameBuffer:
         self.max_bytes = max_bytes
         self._bytes = 0
         self._info: dict[int, FrameInfo] = {}
+        self.closes = 0  # close rows among the rows (shown in the stream, not counted as frames)
 
     def append(self, frame: Frame) -> None:
         self.extend([frame], 1)
@@ -82,8 +83,13 @@ class FrameBuffer:
 
     @property
     def total(self) -> int:
-        """How many frames arrived (the next seq)."""
+        """How many rows arrived (the next seq): frames and close rows."""
         return self.start + len(self.items)
+
+    @property
+    def frames(self) -> int:
+        """How many WebSocket frames arrived (the rows less the close rows)."""
+        return self.total - self.closes
 
     @property
     def first(self) -> int:
@@ -268,7 +274,9 @@ class SessionState:
                     if kind is ProbeStarted:
                         self.new_buffer(event.probe_id)  # type: ignore[attr-defined]
                     elif kind is Closed:
-                        self.buffer(event.probe_id).append(close_row(event))  # type: ignore[arg-type]
+                        buf = self.buffer(event.probe_id)  # type: ignore[attr-defined]
+                        buf.append(close_row(event))  # type: ignore[arg-type]
+                        buf.closes += 1
                     others.append(event)
         return others
 
@@ -395,7 +403,7 @@ class SessionState:
         return out
 
     def frames_total(self) -> int:
-        return sum(buf.total for buf in self.frames.values())
+        return sum(buf.frames for buf in self.frames.values())
 
 
 def wall_now() -> float:

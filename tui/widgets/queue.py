@@ -89,7 +89,7 @@ class QueuePane(DataTable[Text]):
             self._order = list(state.order)
             for probe_id in self._order:
                 buf = state.frames.get(probe_id)
-                self.add_row(*self._cells(state.probes[probe_id], buf.total if buf else 0), key=probe_id)
+                self.add_row(*self._cells(state.probes[probe_id], buf.frames if buf else 0), key=probe_id)
             if self._order:
                 row = self._order.index(selected) if selected in self._order else min(keep, len(self._order) - 1)
                 self.move_cursor(row=row, animate=False, scroll=False)
@@ -98,7 +98,7 @@ class QueuePane(DataTable[Text]):
             if changed is not None and probe_id not in changed:
                 continue
             buf = state.frames.get(probe_id)
-            for (_label, key, _w), cell in zip(COLUMNS, self._cells(state.probes[probe_id], buf.total if buf else 0)):
+            for (_label, key, _w), cell in zip(COLUMNS, self._cells(state.probes[probe_id], buf.frames if buf else 0)):
                 self.update_cell(probe_id, key, cell)
 
     def _result_room(self, probe_width: int) -> int:
