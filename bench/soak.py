@@ -73,7 +73,7 @@ async def one_run(config: Config, target: ResolvedTarget, fault: str, flood: int
     summary = RunSummary()
     bus.subscribe(summary.handle)
     path = workdir / f"soak-{fault}.jsonl"
-    recorder = Recorder(path, wall0=clock.wall, notify=bus.publish)
+    recorder = Recorder(path, wall0=clock.wall, notify=bus.publish, offload=True)  # as the app and `run` record
     bus.subscribe(recorder.handle)
     await recorder.start()
     options = RunOptions(fault=fault, sandbox_options=SandboxOptions(fault=fault, flood=flood, delay=5.0))

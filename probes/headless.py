@@ -139,7 +139,7 @@ async def _run(req: HeadlessRequest, summary: RunSummary, recorders: list[Record
     recorder: Recorder | None = None
     if req.record_path is not None:
         redactor = Redactor(req.extra_secrets)
-        recorder = Recorder(req.record_path, redactor, clock.wall, notify=bus.publish)
+        recorder = Recorder(req.record_path, redactor, clock.wall, notify=bus.publish, offload=True)
         recorders.append(recorder)  # the caller reports on it even when an interrupt ends this coroutine
         bus.subscribe(recorder.handle)
         await recorder.start()

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import marshal
 import os
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import platformdirs
 
@@ -36,6 +40,66 @@ def default_recording_path(target: str, now: float | None = None) -> Path:
     stamp = datetime.fromtimestamp(now or time.time()).strftime("%Y%m%d-%H%M%S")
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in target)[:40] or "target"
     return Path(platformdirs.user_data_dir("stagewatch")) / "recordings" / f"{stamp}-{safe}.jsonl"
+
+
+def frame_line(e: tuple[Any, ...], wall0: float, ids: dict[str, str]) -> str:
+    """One frame's JSON line from its fields (a Frame or a plain tuple of them): the hot path of a flood, one
+    %-format and C-level string escaping, no json.dumps per frame."""
+    t, probe_id, direction, ms, size, data, truncated = e
+    pid = ids.get(probe_id)
+    if pid is None:
+        pid = ids[probe_id] = _json_str(probe_id)
+    # Frame data is redacted where it is made (ProbeRun._on_message / _step_send, with the run's secrets and the
+    # JWT shape): scanning it again here would do that work twice for every frame of a flood.
+    return _FRAME_LINE % (t, wall0 + t, pid, direction, ms, size, _json_str(data), "true" if truncated else "false")
+
+
+class _WriterProcess:
+    """The `probes.recwriter` child: the parent ships marshalled batches through a pipe; the child formats them
+    and writes to the recording (the same open file, passed down). Own session: a terminal's Ctrl-C is not its."""
+
+    def __init__(self, fd: int, wall0: float) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "probes.recwriter", str(fd), repr(wall0)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     pass_fds=(fd,), start_new_session=True, close_fds=True)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.pipe = self.proc.stdin.fileno()
+        os.set_blocking(self.proc.stdout.fileno(), False)
+
+    def send(self, items: list[Any]) -> int:
+        """One batch; returns the write calls it took. Raises OSError (BrokenPipeError) if the child is gone."""
+        payload = marshal.dumps(items)
+        data = memoryview(len(payload).to_bytes(8, "little") + payload)
+        writes = 0
+        while data:
+            data = data[os.write(self.pipe, data):]
+            writes += 1
+        return writes
+
+    def problem(self) -> str | None:
+        """What the child said went wrong, if it said anything (never blocks)."""
+        assert self.proc.stdout is not None
+        try:
+            said = self.proc.stdout.read()
+        except (BlockingIOError, ValueError):
+            return None
+        return said.decode("utf-8", "replace").strip() or None if said else None
+
+    def close(self, timeout: float = 10.0) -> str | None:
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return "the recording writer did not finish"
+        said = self.problem()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return said or (f"the recording writer failed (exit {code})" if code else None)
 
 
 def encode_lines(lines: list[str]) -> bytes:
@@ -61,7 +125,7 @@ class Recorder:
     """
 
     def __init__(self, path: Path, redactor: Redactor | None = None, wall0: float | None = None,
-                 notify: Callable[[Notice], None] | None = None) -> None:
+                 notify: Callable[[Notice], None] | None = None, offload: bool = False) -> None:
         self.path = path
         self.redactor = redactor or Redactor()
         self.wall0 = time.time() if wall0 is None else wall0
@@ -76,7 +140,13 @@ class Recorder:
         self._last_flush = time.monotonic()
         self._fd: int | None = None
         self._timer: asyncio.Task[None] | None = None
+        self._writer: _WriterProcess | None = None  # offload: formatting and writing in a child process
         self._open()
+        if offload and self._fd is not None:
+            try:
+                self._writer = _WriterProcess(self._fd, self.wall0)
+            except OSError:
+                self._writer = None  # no child to be had: format and write here, as without offload
 
     def _open(self) -> None:
         try:
@@ -96,6 +166,10 @@ class Recorder:
         self.error = message
         self._buf.clear()
         self._buffered = 0
+        if self._writer is not None:
+            self._writer.proc.kill()
+            self._writer.close(1.0)
+            self._writer = None
         if self._fd is not None:
             try:
                 os.close(self._fd)
@@ -117,20 +191,22 @@ class Recorder:
         return json.dumps(record, ensure_ascii=False, default=str) + "\n"
 
     def _frame_line(self, e: Frame) -> str:
-        """The hot path of a flood: one %-format and C-level string escaping, no json.dumps per frame."""
-        pid = self._ids.get(e.probe_id)
-        if pid is None:
-            pid = self._ids[e.probe_id] = _json_str(e.probe_id)
-        # Frame data is redacted where it is made (ProbeRun._on_message / _step_send, with the run's secrets and
-        # the JWT shape): scanning it again here would do that work twice for every frame of a flood.
-        return _FRAME_LINE % (e.t, self.wall0 + e.t, pid, e.direction, e.ms, e.size, _json_str(e.data),
-                              "true" if e.truncated else "false")
+        return frame_line(e, self.wall0, self._ids)
 
     def handle(self, event: AnyEvent) -> None:
         if self._fd is None:
             return
-        self._last_t = event.t
         frame = type(event) is Frame
+        if frame and self._writer is not None and type(event.data) is str:
+            # The flood path with a writer process: keep the frame; it is formatted there. With the timer running
+            # (start()), time-based flushes are its job: no clock read per frame.
+            self._buf.append(event)
+            self._buffered += event.size  # type: ignore[union-attr]
+            if self._buffered >= FLUSH_BYTES or (
+                    self._timer is None and time.monotonic() - self._last_flush >= FLUSH_INTERVAL):
+                self.flush()
+            return
+        self._last_t = event.t
         try:
             line = self._frame_line(event) if frame and type(event.data) is str else self._line(event)  # type: ignore[arg-type]
         except (TypeError, ValueError, RecursionError) as exc:  # an unserialisable value must not stop the run
@@ -147,6 +223,9 @@ class Recorder:
         self._last_flush = time.monotonic()
         if self._fd is None or not self._buf:
             return
+        if self._writer is not None:
+            self._ship()
+            return
         data = encode_lines(self._buf)
         count = len(self._buf)
         self._buf.clear()
@@ -160,6 +239,22 @@ class Recorder:
             self.lines_written += count
         except OSError as exc:
             self._fail(f"cannot write recording {self.path}: {exc.strerror or exc}")
+
+    def _ship(self) -> None:
+        """Offload: the batch to the writer process (frames as plain tuples: marshal takes only builtin types)."""
+        assert self._writer is not None
+        items = [tuple(e) if type(e) is Frame else e for e in self._buf]
+        self._buf.clear()
+        self._buffered = 0
+        problem = self._writer.problem()
+        if problem is None:
+            try:
+                self.writes += self._writer.send(items)
+                self.lines_written += len(items)
+                return
+            except OSError as exc:
+                problem = self._writer.close(1.0) or f"the recording writer ended ({exc.strerror or exc})"
+        self._fail(f"cannot write recording {self.path}: {problem}")
 
     async def start(self) -> None:
         """Flush every 100 ms while events trickle in between boundaries."""
@@ -177,6 +272,11 @@ class Recorder:
             self._timer.cancel()
             self._timer = None
         self.flush()
+        if self._writer is not None:  # wait until the child has written everything it was given
+            writer, self._writer = self._writer, None
+            problem = writer.close()
+            if problem is not None and self._fd is not None:
+                self._fail(f"cannot write recording {self.path}: {problem}")
         if self._fd is not None:
             try:
                 os.close(self._fd)

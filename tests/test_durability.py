@@ -128,9 +128,10 @@ def test_disk_full_is_one_warning_and_the_run_passes(tmp_path: Path) -> None:
     assert os.stat("/dev/full").st_mode == mode_before  # the recorder never chmods a device
 
 
-async def test_recorder_hands_a_trickle_to_the_os_within_the_flush_interval(tmp_path: Path) -> None:
+@pytest.mark.parametrize("offload", [False, True], ids=["inline", "writer-process"])
+async def test_recorder_hands_a_trickle_to_the_os_within_the_flush_interval(tmp_path: Path, offload: bool) -> None:
     path = tmp_path / "r.jsonl"
-    recorder = Recorder(path, wall0=1000.0)
+    recorder = Recorder(path, wall0=1000.0, offload=offload)
     await recorder.start()
     try:
         recorder.handle(RunStarted(0.0, "t", "http://x", (), 1000.0))  # not a boundary: stays buffered
@@ -145,14 +146,39 @@ async def test_recorder_hands_a_trickle_to_the_os_within_the_flush_interval(tmp_
         recorder.close()
 
 
-def test_recorder_write_error_stops_recording_with_one_notice(tmp_path: Path) -> None:
+@pytest.mark.parametrize("offload", [False, True], ids=["inline", "writer-process"])
+def test_recorder_write_error_stops_recording_with_one_notice(tmp_path: Path, offload: bool) -> None:
     notices: list[Notice] = []
     blocker = tmp_path / "file"
     blocker.write_text("")
     target = Path("/dev/full") if os.path.exists("/dev/full") else blocker / "r.jsonl"
-    recorder = Recorder(target, notify=notices.append)  # type: ignore[arg-type]
+    recorder = Recorder(target, notify=notices.append, offload=offload)  # type: ignore[arg-type]
     for i in range(5):
         recorder.handle(StageFinished(float(i), "p", f"s{i}", "pass", 1.0, "ok"))
+        recorder.handle(Frame(float(i), "p", "in", 1.0, 2, "{}"))
     recorder.close()
     assert len(notices) == 1 and notices[0].level == "warning"
     assert not recorder.active and recorder.error is not None
+
+
+def test_writer_process_records_exactly_what_inline_recording_does(tmp_path: Path) -> None:
+    """The offloaded recorder (a child formats and writes) and the inline one write the same events, in order:
+    text frames (the child's path) among binary frames, odd text and ordinary events (the parent's)."""
+    events = [RunStarted(0.0, "t", "http://x", (("p", "p", 0),), 1000.0)]
+    events += [Frame(0.001 * i, "p", "in", 2.5 * i, 9, f'{{"n":{i}}} é \ud800 "q"\u2028', i % 7 == 0)
+               for i in range(20_000)]
+    events += [Frame(30.0, "p", "in", 1.0, 3, b"\x00\xff\x80"), StageFinished(31.0, "p", "s", "pass", 1.0, "ok"),
+               Frame(32.0, "p", "out", 5.0, 2, "{}"), Notice(33.0, "info", "done")]
+    recorded = []
+    for offload in (False, True):
+        path = tmp_path / f"{offload}.jsonl"
+        recorder = Recorder(path, wall0=1000.0, offload=offload)
+        assert (recorder._writer is not None) is offload
+        for event in events:
+            recorder.handle(event)
+        recorder.close()
+        assert recorder.error is None and stat.S_IMODE(path.stat().st_mode) == 0o600
+        replay = read_recording(path)
+        assert replay.skipped == 0 and not replay.truncated
+        recorded.append(replay.events)
+    assert recorded[0] == recorded[1] == events

@@ -190,7 +190,8 @@ class StagewatchApp(App[int]):
             self.engine = EngineThread()
             self.engine.start()
         if self.record_path is not None and self.engine is not None:
-            self.recorder = Recorder(self.record_path, Redactor(), self.clock.wall, notify=self.bus.publish)
+            self.recorder = Recorder(self.record_path, Redactor(), self.clock.wall, notify=self.bus.publish,
+                                     offload=True)
             self.bus.subscribe(self.recorder.handle)
             await self.engine.run(self.recorder.start())  # its flush timer lives in the engine loop
             if self.recorder.active:
