@@ -149,6 +149,7 @@ class ProbeRun:
         failed: str | None = None
         status: Status = "pass"
         current: str | None = None
+        interrupted = False
         try:
             for step in self.probe.steps:
                 if failed is not None:
@@ -161,13 +162,13 @@ class ProbeRun:
                 if result in ("fail", "error"):
                     failed, status = step.name, result
         except asyncio.CancelledError:
-            # Interrupted (Ctrl-C, a rerun, quitting): every consumer still learns how this probe ended.
-            await self._close_quietly()
-            self._emit(ProbeFinished(self._t(), self.probe.id, "error", _ms(start), current, self.frames_in,
-                                     self.frames_out))
+            interrupted = True
             raise
         finally:
             await self._close_quietly()
+            if interrupted:  # Ctrl-C, a rerun, quitting: every consumer still learns how this probe ended
+                self._emit(ProbeFinished(self._t(), self.probe.id, "error", _ms(start), current, self.frames_in,
+                                         self.frames_out))
         from .diagnosis import diagnose  # local import: diagnosis imports evidence, not this module
 
         diagnoses = diagnose(self.evidence, expected_version=self.ctx.expected_version,

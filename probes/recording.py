@@ -1,7 +1,9 @@
 """Session recordings: every event to JSON Lines as it happens, and reading them back for replay.
 
 The writer batches lines and hands them to the OS at least every 100 ms and at every stage boundary, close and
-probe end (one `os.write` per batch, never one per frame), so a `kill -9` loses at most the last 100 ms. The
+probe end (one `os.write` per batch, never one per frame), so a `kill -9` loses at most the last 100 ms. With
+`offload=True` (the app and `stagewatch run`) a batch goes to a writer process (`probes.recwriter`) that formats the
+frames and writes them on another core; it finishes what it was handed even if this process dies. The
 file is created 0600. A write error (disk full, unwritable path) stops recording with a Notice; the run goes on.
 The reader tolerates a truncated last line (a crash mid-write).
 """
@@ -185,13 +187,10 @@ class Recorder:
 
     def _line(self, event: AnyEvent) -> str:
         if type(event) is Frame and type(event.data) is str:
-            return self._frame_line(event)
+            return frame_line(event, self.wall0, self._ids)
         record = self.redactor.tree(to_record(event))
         record["wall_ts"] = round(self.wall0 + event.t, 6)
         return json.dumps(record, ensure_ascii=False, default=str) + "\n"
-
-    def _frame_line(self, e: Frame) -> str:
-        return frame_line(e, self.wall0, self._ids)
 
     def handle(self, event: AnyEvent) -> None:
         if self._fd is None:
@@ -208,7 +207,7 @@ class Recorder:
             return
         self._last_t = event.t
         try:
-            line = self._frame_line(event) if frame and type(event.data) is str else self._line(event)  # type: ignore[arg-type]
+            line = self._line(event)
         except (TypeError, ValueError, RecursionError) as exc:  # an unserialisable value must not stop the run
             line = json.dumps({"type": "notice", "t": event.t, "level": "warning",
                                "message": f"{event.kind} event not recorded: {type(exc).__name__}"}) + "\n"

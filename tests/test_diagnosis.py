@@ -4,6 +4,7 @@ diagnosis with evidence; a healthy run yields none; the close-code table matches
 from __future__ import annotations
 
 import asyncio
+import re
 import json
 import socket
 import time
@@ -379,7 +380,8 @@ def test_clock_skew_only_when_it_explains_the_refusal(skew_s, first):
         assert "UTC" in found[0].evidence[1] and "15 min" in found[0].evidence[1]
         assert not any("not enough" in line for d in found for line in d.evidence)
     elif abs(skew_s) >= 60:  # a skew that does not explain the refusal is still mentioned, as a note
-        assert "note: the server's clock is 119 s ahead" in " ".join(found[0].evidence)
+        # the Date header has whole seconds and the check reads the clock a moment later: 118 or 119 s
+        assert re.search(r"note: the server's clock is 11[89] s ahead", " ".join(found[0].evidence))
 
 
 def test_health_without_the_expected_build_field_is_version_unknown():

@@ -13,7 +13,8 @@ import pytest
 
 from probes.bus import EventBus
 from probes.config import resolve_target
-from probes.events import Closed, Frame, ProbeFinished, RunFinished, RunStarted, StageFinished, WsOpened
+from probes.events import (Closed, Frame, ProbeFinished, RunFinished, RunStarted, StageFinished, StageStarted,
+                           WsOpened)
 from probes.recording import Recorder, read_recording
 from probes.report import RunSummary, write_json, write_junit, write_markdown
 from probes.runner import Clock, RunOptions, run_queue
@@ -224,3 +225,29 @@ async def test_probe_finished_counts_match_frames(fast_config):
     finished = next(e for e in out.events if isinstance(e, ProbeFinished))
     assert finished.frames_in == sum(f.direction == "in" for f in frames) == 11
     assert finished.frames_out == sum(f.direction == "out" for f in frames) == 2
+
+
+async def test_an_interrupted_run_says_how_each_probe_ended(fast_config):
+    """Cancelled mid-run (Ctrl-C, a rerun, quitting): the running probe ends in error at its stage and the probes
+    the interrupt kept from running are reported as not run, before RunFinished('interrupted')."""
+    import asyncio
+
+    bus = EventBus()
+    events: list = []
+    bus.subscribe(events.append)
+    target = resolve_target(fast_config, "sandbox")
+    options = RunOptions(fault="slow-agent", sandbox_options=SandboxOptions(fault="slow-agent", delay=30.0))
+    config = fast_config.model_copy(update={"timeouts": fast_config.timeouts.model_copy(update={"agent": 30})})
+    task = asyncio.ensure_future(run_queue(config, target, bus, options))
+    while not any(isinstance(e, StageStarted) and e.probe_id == "golden-path" and e.stage == "agent" for e in events):
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    finished = {e.probe_id: e for e in events if isinstance(e, ProbeFinished)}
+    assert (finished["golden-path"].status, finished["golden-path"].failed_stage) == ("error", "agent")
+    assert {p: f.status for p, f in finished.items() if p not in ("health", "golden-path")} == {
+        "auth-required": "skip", "event-order": "skip", "message-flow": "skip", "reconnect": "skip"}
+    skipped = {e.detail for e in events if isinstance(e, StageFinished) and e.probe_id == "reconnect"}
+    assert skipped == {"not run: the run was interrupted"}
+    assert isinstance(events[-1], RunFinished) and events[-1].verdict == "interrupted"

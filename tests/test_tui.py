@@ -399,18 +399,6 @@ async def test_a_running_stage_shows_its_clock_and_rerunning_mid_run_interrupts_
         assert "agent: agent-timeout" in screen_text(app)
 
 
-async def test_an_interrupted_run_marks_the_probes_it_never_ran(tui_config):
-    app = live_app(tui_config)
-    async with app.run_test(size=SIZE) as pilot:
-        app.state.apply([RunStarted(0.0, "sandbox", "http://x", (("a", "a", 0), ("b", "b", 1)), 0.0),
-                         ProbeStarted(0.1, "a", "a", 0, ("s",)),
-                         RunFinished(0.2, "interrupted", 200.0)])
-        assert app.state.probes["a"].status == "error"
-        assert app.state.probes["b"].status == "skip"
-        assert app.state.probes["b"].last_result() == "not run: the run was interrupted"
-        await pilot.pause()
-
-
 async def test_enter_opens_a_frame_whole_and_esc_goes_back(tui_config):
     app = live_app(tui_config, only=("golden-path",))
     async with app.run_test(size=(80, 24)) as pilot:  # too narrow for the detail pane: enter is the way in

@@ -152,7 +152,6 @@ class ProbeState:
     diagnoses: list[dict[str, Any]] = field(default_factory=list)
     http: list[HttpExchange] = field(default_factory=list)
     runs: int = 0
-    note: str = ""  # why a queued probe never ran (its run was interrupted)
 
     @property
     def current_stage(self) -> StageState | None:
@@ -168,7 +167,6 @@ class ProbeState:
         self.frames_in = self.frames_out = 0
         self.close, self.opened = None, None
         self.diagnoses, self.http = [], []
-        self.note = ""
 
     def last_result(self) -> str:
         """One line for the queue: what the probe's last run came to."""
@@ -185,7 +183,7 @@ class ProbeState:
                 return f"{failed.name}: {'dropped' if self.close.by == 'none' else 'closed'} {self.close.code}"
             return f"{failed.name}: {failed.detail}"
         if self.status == "skip":
-            return self.note or next((s.detail for s in self.stages.values() if s.detail), "skipped")
+            return next((s.detail for s in self.stages.values() if s.detail), "skipped")
         done = sum(1 for s in self.stages.values() if s.status == "pass")
         return f"{done}/{len(self.stages)} stages passed"
 
@@ -304,14 +302,12 @@ class SessionState:
                 self.running = False
                 self.verdict = event.verdict
                 self.run_duration_ms = event.duration_ms
-                for probe in self.probes.values():  # an interrupted run leaves nothing "running" or "queued"
+                for probe in self.probes.values():  # an interrupted run leaves nothing "running"
                     if probe.status == "running":
                         probe.status = "error" if event.verdict == "interrupted" else probe.status
                         for stage in probe.stages.values():
                             if stage.status == "running":
                                 stage.status, stage.detail = "error", "interrupted"
-                    elif probe.status == "queued":
-                        probe.status, probe.note = "skip", "not run: the run was interrupted"
                 self.current = None
                 changed.update(("header", "queue", *self.probes))
                 continue
@@ -379,7 +375,7 @@ class SessionState:
             if probe is None:
                 probe = self.probes[probe_id] = ProbeState(probe_id, name, priority)
                 self.order.append(probe_id)
-            probe.status, probe.duration_ms, probe.note = "queued", None, ""
+            probe.status, probe.duration_ms = "queued", None
         # Keep the queue in priority order (stable), whatever order probes first appeared in.
         self.order.sort(key=lambda i: self.probes[i].priority)
 
