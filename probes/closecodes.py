@@ -78,3 +78,22 @@ def label(code: int | None) -> str:
     info = describe(code)
     suffix = " (not sent by the peer)" if code in NOT_ON_WIRE or code is None else ""
     return f"{info.code} {info.name}{suffix}"
+
+
+WHO_CLOSED = {"server": "server closed", "client": "client closed", "none": "connection dropped"}
+
+
+def close_sentence(code: int, reason: str, by: str, after_ms: float) -> str:
+    """"1000 Normal Closure — 'main cleanup' — server closed 51 ms after accept": every screen, report and
+    diagnosis words a close this one way."""
+    said = f"'{reason}'" if reason else "no reason given"
+    return f"{label(code)} — {said} — {WHO_CLOSED.get(by, by)} {after_ms:.0f} ms after accept"
+
+
+def close_meaning(code: int, by: str) -> str:
+    """What the close means, from the side that closed: our own cleanup close is not the server's doing."""
+    if by == "client" and code == 1000:
+        return "stagewatch closed the connection itself once the probe was done with it: not a server close"
+    if by == "client":
+        return f"stagewatch closed it: {describe(code).meaning}"
+    return describe(code).meaning

@@ -54,6 +54,7 @@ class Timeouts(_Model):
     ready: float = Field(5.0, gt=0)
     agent: float = Field(30.0, gt=0)
     response: float = Field(2.0, gt=0)
+    send: float = Field(5.0, gt=0)
     close: float = Field(3.0, gt=0)
 
 

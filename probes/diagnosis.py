@@ -12,13 +12,22 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from .closecodes import describe, label
+from .closecodes import close_sentence
 from .config import Protocol, Timeouts
 from .events import Closed
-from .evidence import Evidence, StageOutcome
+from .evidence import EchoCheck, StepEvidence
 from .frames import classify
+from .model import ProbeModel, StageModel
+from .net import server_date_skew
+from .steps.auth import AuthEvidence
+from .steps.connect import ConnectEvidence
+from .steps.expect import ExpectEvidence
+from .steps.expect_events import EventsEvidence
+from .steps.http import HttpEvidence
+
+E = TypeVar("E", bound=StepEvidence)
 
 AUTH_CLOSE_CODES = frozenset({1008, 4001, 4003, 4401, 4403})
 # Close codes whose own rule explains them (restart, too big, server error, not ready, protocol errors).
@@ -51,30 +60,49 @@ class Diagnosis:
 
 @dataclass
 class Facts:
-    """What the rules look at, computed once from the evidence."""
+    """What the rules look at: the probe's model and the protocol, with typed views of the failing stage."""
 
-    ev: Evidence
+    probe: ProbeModel
     protocol: Protocol
     timeouts: Timeouts
     expected_version: str | None
     now: float
 
     @property
-    def failed(self) -> StageOutcome | None:
-        return self.ev.failed
+    def failed(self) -> StageModel | None:
+        return self.probe.failed
 
     @property
-    def fe(self) -> dict[str, Any]:
-        return self.failed.evidence if self.failed else {}
+    def fe(self) -> StepEvidence | None:
+        """The failing stage's evidence."""
+        return self.failed.evidence if self.failed else None
+
+    def of(self, cls: type[E]) -> E | None:
+        """The failing stage's evidence if it is of this kind."""
+        fe = self.fe
+        return fe if isinstance(fe, cls) else None
 
     @property
     def step(self) -> str:
         return self.failed.step if self.failed else ""
 
     @property
+    def failed_line(self) -> str:
+        return f"{self.failed.name}: {self.failed.detail}" if self.failed else ""
+
+    @property
+    def error(self) -> str:
+        return self.fe.error if self.fe is not None else ""
+
+    @property
     def status(self) -> int | None:
-        value = self.fe.get("http_status")
-        return value if isinstance(value, int) else None
+        fe = self.fe
+        return fe.http_status if isinstance(fe, (HttpEvidence, ConnectEvidence)) else None
+
+    @property
+    def url(self) -> str:
+        fe = self.fe
+        return (fe.url or "?") if isinstance(fe, (HttpEvidence, ConnectEvidence)) else "?"
 
     @property
     def upgrade_refused(self) -> bool:
@@ -84,35 +112,38 @@ class Facts:
     @property
     def close(self) -> Closed | None:
         """The close that ended the session from the far side (server close or a drop), if any."""
-        return next((c for c in self.ev.closes if c.by != "client"), None)
+        return self.probe.far_close
 
     @property
     def ready_seen(self) -> bool:
         ready = self.protocol.ready_type
-        return any(s.status == "pass" and s.evidence.get("frame_type") == ready for s in self.ev.stages)
+        return any(s.status == "pass" and isinstance(s.evidence, ExpectEvidence) and s.evidence.frame_type == ready
+                   for s in self.probe.stages.values())
 
     @property
-    def echo(self) -> dict[str, Any] | None:
-        value = self.fe.get("echo")
-        return value if isinstance(value, dict) else None
+    def echo(self) -> EchoCheck | None:
+        fe = self.fe
+        return fe.echo if isinstance(fe, (ConnectEvidence, ExpectEvidence)) else None
 
     @property
     def skew_s(self) -> float | None:
         """How far the server's Date header is from our clock, from any handshake answer we saw."""
-        from .probe import server_date_skew
-
-        for stage in reversed(self.ev.stages):
-            skew = server_date_skew(stage.evidence.get("date"))
-            if skew is not None:
-                return skew
+        for stage in reversed(self.probe.done_stages):
+            if isinstance(stage.evidence, ConnectEvidence):
+                skew = server_date_skew(stage.evidence.date)
+                if skew is not None:
+                    return skew
         return None
 
     @property
-    def token_claims(self) -> dict[str, Any]:
-        for stage in self.ev.stages:
-            if stage.step == "auth":
-                return stage.evidence
-        return {}
+    def token(self) -> AuthEvidence | None:
+        ev = self.probe.evidence_of("auth")
+        return ev if isinstance(ev, AuthEvidence) else None
+
+    @property
+    def iat_exp(self) -> tuple[float | None, float | None]:
+        token = self.token
+        return (token.iat, token.exp) if token is not None else (None, None)
 
     @property
     def auth_refused(self) -> bool:
@@ -122,20 +153,18 @@ class Facts:
         return c is not None and c.code in AUTH_CLOSE_CODES and self.failed is not None
 
     def close_line(self, c: Closed) -> str:
-        who = {"server": "sent by the server", "client": "sent by us", "none": "no close frame: the TCP "
-               "connection dropped"}[c.by]
-        reason = f" '{c.reason}'" if c.reason else " (no reason)"
-        return f"close {label(c.code)}{reason}, {who}, {c.after_ms:.0f} ms after accept"
+        return f"close {close_sentence(c.code, c.reason, c.by, c.after_ms)}"
 
     def frames_line(self) -> str:
-        frames = [f for f in self.ev.recent_frames() if f.direction == "in"]
+        frames = [f for f in self.probe.last_frames if f.direction == "in"]
         if not frames:
             return "no frame arrived from the server before the close"
         shown = "; ".join(_cut(classify(f.data, self.protocol.type_field).summary, 60) for f in frames[-3:])
         return f"last frames from the server: {shown}"
 
     def status_line(self) -> str:
-        body = str(self.fe.get("body", "")).strip().replace("\n", " ")[:120]
+        connect = self.of(ConnectEvidence)
+        body = (connect.body if connect else "").strip().replace("\n", " ")[:120]
         return f"HTTP {self.status} to the upgrade request" + (f", body: {body}" if body else "")
 
 
@@ -150,38 +179,41 @@ def _cut(text: str, limit: int) -> str:
 
 
 def _version_unknown(f: Facts) -> list[str] | None:
-    if f.step == "http" and f.fe.get("version_missing"):
-        body = str(f.fe.get("body", "")).strip().replace("\n", " ")[:120]
-        return [f"{f.failed.name}: {f.failed.detail}" if f.failed else "", f"health answered: {body or '(empty)'}",
+    ev = f.of(HttpEvidence)
+    if ev is not None and ev.version_missing:
+        body = ev.body.strip().replace("\n", " ")[:120]
+        return [f.failed_line, f"health answered: {body or '(empty)'}",
                 f"protocol.version_field is '{f.protocol.version_field}'"]
     return None
 
 
 def _secret_missing(f: Facts) -> list[str] | None:
-    if f.fe.get("secret_missing"):
+    ev = f.fe
+    if isinstance(ev, (AuthEvidence, ConnectEvidence)) and ev.secret_missing:
         return [f.failed.detail if f.failed else "no credentials"]
     return None
 
 
 def _upgrade_dropped(f: Facts) -> list[str] | None:
-    if f.step == "connect" and f.fe.get("error") == "dropped":
-        return [f"{f.failed.name}: {f.failed.detail}" if f.failed else "", f"url: {f.fe.get('url', '?')}"]
+    if f.step == "connect" and f.error == "dropped":
+        return [f.failed_line, f"url: {f.url}"]
     return None
 
 
 def _no_answer(f: Facts) -> list[str] | None:
-    if f.step == "http" and f.fe.get("error") == "timeout":
-        return [f"{f.failed.name}: {f.failed.detail}" if f.failed else "", f"url: {f.fe.get('url', '?')}"]
-    if f.step == "connect" and f.fe.get("timeout") and f.status is None:
-        return [f"{f.failed.name}: {f.failed.detail}" if f.failed else "", f"url: {f.fe.get('url', '?')}"]
+    if f.step == "http" and f.error == "timeout":
+        return [f.failed_line, f"url: {f.url}"]
+    if f.step == "connect" and f.fe is not None and f.fe.timeout and f.status is None:
+        return [f.failed_line, f"url: {f.url}"]
     return None
 
 
 def _health_http_error(f: Facts) -> list[str] | None:
-    if f.step == "http" and f.status is not None and 300 <= f.status <= 499:
-        where = f" to {f.fe['location']}" if f.fe.get("location") else ""
-        kind = "a redirect" + where if f.status < 400 else f"HTTP {f.status}"
-        return [f"{f.failed.name}: {f.failed.detail}" if f.failed else "", f"the health endpoint answered {kind}"]
+    ev = f.of(HttpEvidence)
+    if ev is not None and ev.http_status is not None and 300 <= ev.http_status <= 499:
+        where = f" to {ev.location}" if ev.location else ""
+        kind = "a redirect" + where if ev.http_status < 400 else f"HTTP {ev.http_status}"
+        return [f.failed_line, f"the health endpoint answered {kind}"]
     return None
 
 
@@ -189,7 +221,7 @@ PROTOCOL_CLOSE_CODES = frozenset({1002, 1003, 1007, 1010})
 
 
 def _protocol_error(f: Facts) -> list[str] | None:
-    c = next((c for c in f.ev.closes if c.code in PROTOCOL_CLOSE_CODES), None)
+    c = next((c for c in f.probe.closes if c.code in PROTOCOL_CLOSE_CODES), None)
     if c is None or f.failed is None:
         return None
     blame = "the server's frames broke the protocol" if c.by == "client" else "the server says ours did"
@@ -206,13 +238,13 @@ def _closed_during_run(f: Facts) -> list[str] | None:
 
 
 def _dns_or_refused(f: Facts) -> list[str] | None:
-    if f.fe.get("error") in ("dns", "refused", "reset"):
-        return [f"{f.failed.name}: {f.failed.detail}" if f.failed else "", f"url: {f.fe.get('url', '?')}"]
+    if f.error in ("dns", "refused", "reset"):
+        return [f.failed_line, f"url: {f.url}"]
     return None
 
 
 def _tls_error(f: Facts) -> list[str] | None:
-    if f.fe.get("error") == "tls" or (f.failed and "TLS" in f.failed.detail and f.step in ("http", "connect")):
+    if f.error == "tls" or (f.failed and "TLS" in f.failed.detail and f.step in ("http", "connect")):
         return [f.failed.detail if f.failed else ""]
     return None
 
@@ -227,44 +259,42 @@ def _not_ready(f: Facts) -> list[str] | None:
 
 
 def _version_mismatch(f: Facts) -> list[str] | None:
-    version, expected = f.fe.get("version"), f.fe.get("expected_version")
-    if f.step == "http" and version and expected and version != expected:
-        return [f"health reports build {version}", f"expected build {expected}"]
+    ev = f.of(HttpEvidence)
+    if ev is not None and ev.version and ev.expected_version and ev.version != ev.expected_version:
+        return [f"health reports build {ev.version}", f"expected build {ev.expected_version}"]
     return None
+
+
+_TRANSPORT_WORDS = {"header": "Authorization", "subprotocol": "a jwt.* subprotocol", "query": "a token query parameter"}
 
 
 def _auth_header_stripped(f: Facts) -> list[str] | None:
     echo = f.echo
-    if echo and "authorization_arrived" in echo:
-        lost = []
-        if echo.get("authorization_sent") and not echo.get("authorization_arrived"):
-            lost.append("Authorization")
-        if echo.get("subprotocol_sent") and not echo.get("subprotocol_arrived"):
-            lost.append("Sec-WebSocket-Protocol")
+    if echo is not None and echo.compared:
+        lost = echo.lost()
         if lost:
-            return [f"we sent {' and '.join(lost)}; {echo.get('url')} shows the backend received "
-                    f"{'neither' if len(lost) > 1 else 'nothing of it'}",
-                    f"{f.failed.name}: {f.failed.detail}" if f.failed else ""]
+            return [f"we sent {' and '.join(lost)}; {echo.url} shows the backend received "
+                    f"{'neither' if len(lost) > 1 else 'nothing of it'}", f.failed_line]
         return None
     # No echo endpoint: the server's own words say the credential is missing, though we sent one.
-    if not f.auth_refused or not f.fe.get("token_sent", f.fe.get("transport")):
+    connect = f.probe.evidence_of("connect")
+    if not f.auth_refused or not isinstance(connect, ConnectEvidence) or not connect.token_sent:
         return None
-    said = str(f.fe.get("body", "")) if f.upgrade_refused else (f.close.reason if f.close else "")
+    said = connect.body if f.upgrade_refused else (f.close.reason if f.close else "")
     if said and MISSING_CREDENTIAL_RE.search(said):
-        sent = " and ".join({"header": "Authorization", "subprotocol": "a jwt.* subprotocol",
-                             "query": "a token query parameter"}[t] for t in f.fe.get("transport", []))
+        sent = " and ".join(_TRANSPORT_WORDS.get(t, t) for t in connect.transport)
         return [f"the server says {said.strip()[:100]!r} although we sent {sent or 'a token'}",
                 f.status_line() if f.upgrade_refused else (f.close_line(f.close) if f.close else "")]
     return None
 
 
-def _skew_explains(skew: float, iat: Any, exp: Any) -> bool:
+def _skew_explains(skew: float, iat: float | None, exp: float | None) -> bool:
     """Whether a server clock `skew` s ahead (negative: behind) makes a token look expired or not yet issued.
 
     Ahead: the server's now (about iat + skew) passes exp. Behind: iat lies in the server's future by more than
     the usual leeway. Without iat/exp, any skew over the limit is taken as the explanation.
     """
-    if not isinstance(iat, (int, float)) or not isinstance(exp, (int, float)):
+    if iat is None or exp is None:
         return True
     if skew > 0:
         return iat + skew >= exp - SKEW_LIMIT_S
@@ -273,14 +303,16 @@ def _skew_explains(skew: float, iat: Any, exp: Any) -> bool:
 
 def _clock_skew(f: Facts) -> list[str] | None:
     skew = f.skew_s
-    if skew is None or abs(skew) < SKEW_LIMIT_S or not (f.auth_refused or f.fe.get("token_expired")):
+    auth = f.of(AuthEvidence)
+    expired = auth is not None and auth.token_expired
+    if skew is None or abs(skew) < SKEW_LIMIT_S or not (f.auth_refused or expired):
         return None
-    iat, exp = f.token_claims.get("iat"), f.token_claims.get("exp")
+    iat, exp = f.iat_exp
     if not _skew_explains(skew, iat, exp):
         return None  # a skew the token's lifetime absorbs does not explain the refusal
     side = "ahead of" if skew > 0 else "behind"
     lifetime = (f"token valid {_utc(iat)} → {_utc(exp)} ({(exp - iat) / 60:.0f} min)"
-                if isinstance(iat, (int, float)) and isinstance(exp, (int, float)) else "token lifetime unknown")
+                if iat is not None and exp is not None else "token lifetime unknown")
     return [f"the server's Date header is {abs(skew):.0f} s {side} this machine's clock", lifetime,
             f.status_line() if f.upgrade_refused else (f.close_line(f.close) if f.close else "")]
 
@@ -290,34 +322,37 @@ def _utc(epoch: float) -> str:
 
 
 def _token_expired(f: Facts) -> list[str] | None:
-    if f.fe.get("token_expired"):
+    auth = f.of(AuthEvidence)
+    if auth is not None and auth.token_expired:
         return [f.failed.detail if f.failed else "token expired"]
-    exp = f.token_claims.get("exp")
-    if f.auth_refused and isinstance(exp, (int, float)) and exp < f.now:
-        return [f"token exp {exp} is {f.now - exp:.0f} s in the past", f.status_line()]
+    _, exp = f.iat_exp
+    if f.auth_refused and exp is not None and exp < f.now:
+        return [f"token exp {exp:.0f} is {f.now - exp:.0f} s in the past", f.status_line()]
     return None
 
 
 def _subprotocol_illegal(f: Facts) -> list[str] | None:
-    if f.fe.get("subprotocol_illegal"):
-        return [f"offered subprotocol {f.fe.get('subprotocol_offered')}",
+    ev = f.of(ConnectEvidence)
+    if ev is not None and ev.subprotocol_illegal:
+        return [f"offered subprotocol {ev.subprotocol_offered}",
                 "RFC 6455 §4.1: each subprotocol must be an RFC 7230 token; '=' padding and '/' are not allowed"]
     return None
 
 
 def _auth_not_enforced(f: Facts) -> list[str] | None:
-    if f.fe.get("unauthenticated_accept"):
+    ev = f.of(ConnectEvidence)
+    if ev is not None and ev.unauthenticated_accept:
         return [f.failed.detail if f.failed else "", "the connection carried no token"]
     return None
 
 
 def _auth_rejected(f: Facts) -> list[str] | None:
     if f.upgrade_refused and f.status in (401, 403):
-        lines = [f.status_line(), f"token sent via {', '.join(f.fe.get('transport', [])) or 'nothing'}"]
+        connect = f.of(ConnectEvidence)
+        lines = [f.status_line(), f"token sent via {', '.join(connect.transport if connect else []) or 'nothing'}"]
         skew = f.skew_s
-        claims = f.token_claims
-        if skew is not None and abs(skew) >= SKEW_LIMIT_S and not _skew_explains(skew, claims.get("iat"),
-                                                                                 claims.get("exp")):
+        iat, exp = f.iat_exp
+        if skew is not None and abs(skew) >= SKEW_LIMIT_S and not _skew_explains(skew, iat, exp):
             lines.append(f"note: the server's clock is {abs(skew):.0f} s {'ahead' if skew > 0 else 'behind'}, "
                          "not enough to put the token outside its lifetime")
         return lines
@@ -329,18 +364,21 @@ def _auth_rejected(f: Facts) -> list[str] | None:
 
 def _no_upgrade(f: Facts) -> list[str] | None:
     if f.upgrade_refused and f.status is not None and (200 <= f.status < 400 or f.status in (404, 405, 426)):
-        return [f.status_line(), f"url: {f.fe.get('url', '?')}"]
-    if f.step == "connect" and f.fe.get("handshake_error") and f.fe.get("error") != "dropped":
-        return [f"invalid handshake: {f.fe.get('handshake_error')}"]
+        return [f.status_line(), f"url: {f.url}"]
+    ev = f.of(ConnectEvidence)
+    if ev is not None and ev.handshake_error and ev.error != "dropped":
+        return [f"invalid handshake: {ev.handshake_error}"]
     return None
 
 
 def _subprotocol_not_echoed(f: Facts) -> list[str] | None:
-    if any(s.evidence.get("subprotocol_not_echoed") for s in f.ev.stages):
-        return ["101 Switching Protocols without Sec-WebSocket-Protocol although we offered "
-                f"{f.fe.get('subprotocol_offered') or 'a subprotocol'}",
-                "RFC 6455 §4.1: a client that offered subprotocols must fail a handshake that selects none; "
-                "browsers do, Python's websockets does not"]
+    for stage in f.probe.done_stages:
+        ev = stage.evidence
+        if isinstance(ev, ConnectEvidence) and ev.subprotocol_not_echoed:
+            return ["101 Switching Protocols without Sec-WebSocket-Protocol although we offered "
+                    f"{ev.subprotocol_offered or 'a subprotocol'}",
+                    "RFC 6455 §4.1: a client that offered subprotocols must fail a handshake that selects none; "
+                    "browsers do, Python's websockets does not"]
     return None
 
 
@@ -379,7 +417,7 @@ def _abnormal(f: Facts) -> list[str] | None:
 
 
 def _too_big(f: Facts) -> list[str] | None:
-    c = next((c for c in f.ev.closes if c.code == 1009), None)
+    c = next((c for c in f.probe.closes if c.code == 1009), None)
     if c is not None and f.failed is not None:
         return [f.close_line(c), f"our max_size is {f.protocol.max_frame_bytes} bytes"]
     return None
@@ -395,26 +433,30 @@ def _closed_before_ready(f: Facts) -> list[str] | None:
 
 
 def _ready_timeout(f: Facts) -> list[str] | None:
-    if f.step == "expect" and f.fe.get("timeout") and not f.ready_seen:
+    ev = f.of(ExpectEvidence)
+    if ev is not None and ev.timeout and not f.ready_seen:
         return [f.failed.detail if f.failed else "", "the upgrade succeeded but the server stayed silent"]
     return None
 
 
 def _unexpected_frame(f: Facts) -> list[str] | None:
-    if f.fe.get("wrong_type"):
+    ev = f.of(ExpectEvidence)
+    if ev is not None and ev.wrong_type:
         return [f.failed.detail if f.failed else "", f.frames_line()]
     return None
 
 
 def _error_frame(f: Facts) -> list[str] | None:
-    if f.fe.get("error_frame"):
-        return [f"error frame: {f.fe['error_frame']}", f"during stage {f.failed.name}" if f.failed else ""]
+    ev = f.fe
+    if isinstance(ev, (ExpectEvidence, EventsEvidence)) and ev.error_frame:
+        return [f"error frame: {ev.error_frame}", f"during stage {f.failed.name}" if f.failed else ""]
     return None
 
 
 def _agent_timeout(f: Facts) -> list[str] | None:
-    if f.step == "expect_events" and f.fe.get("timeout"):
-        got = [e[0] for e in f.fe.get("events", [])]
+    ev = f.of(EventsEvidence)
+    if ev is not None and ev.timeout:
+        got = [e[0] for e in ev.events]
         return [f.failed.detail if f.failed else "",
                 f"events received: {', '.join(dict.fromkeys(got)) or 'none'}",
                 f"agent timeout {f.timeouts.agent:g} s (the backend's own execution limit is typically 30 s)"]
@@ -422,21 +464,23 @@ def _agent_timeout(f: Facts) -> list[str] | None:
 
 
 def _out_of_order(f: Facts) -> list[str] | None:
-    if f.fe.get("out_of_order"):
-        return [f"arrival order: {' → '.join(f.fe.get('order', []))}",
-                f"expected order: {' → '.join(f.protocol.agent_events)}"]
+    ev = f.of(EventsEvidence)
+    if ev is not None and ev.out_of_order:
+        return [f"arrival order: {' → '.join(ev.order)}", f"expected order: {' → '.join(f.protocol.agent_events)}"]
     return None
 
 
 def _missing_events(f: Facts) -> list[str] | None:
-    if f.fe.get("missing_events"):
-        got = [e[0] for e in f.fe.get("events", [])]
-        return [f"missing: {', '.join(f.fe.get('missing', []))}", f"received: {', '.join(dict.fromkeys(got))}"]
+    ev = f.of(EventsEvidence)
+    if ev is not None and ev.missing_events:
+        got = [e[0] for e in ev.events]
+        return [f"missing: {', '.join(ev.missing)}", f"received: {', '.join(dict.fromkeys(got))}"]
     return None
 
 
 def _empty_response(f: Facts) -> list[str] | None:
-    if f.fe.get("empty_response"):
+    ev = f.of(ExpectEvidence)
+    if ev is not None and ev.empty_response:
         return [f.failed.detail if f.failed else "", f"looked at: {', '.join(f.protocol.response_paths[:6])}, …"]
     return None
 
@@ -545,10 +589,10 @@ RULES: tuple[RuleRow, ...] = (
 )
 
 
-def diagnose(ev: Evidence, *, expected_version: str | None = None, protocol: Protocol | None = None,
+def diagnose(probe: ProbeModel, *, expected_version: str | None = None, protocol: Protocol | None = None,
              timeouts: Timeouts | None = None, now: float | None = None) -> list[Diagnosis]:
     """All diagnoses that the evidence supports, best first; `unknown` for an unexplained failure."""
-    facts = Facts(ev, protocol or Protocol(), timeouts or Timeouts(), expected_version,
+    facts = Facts(probe, protocol or Protocol(), timeouts or Timeouts(), expected_version,
                   time.time() if now is None else now)
     found: list[Diagnosis] = []
     for row in RULES:
@@ -563,8 +607,3 @@ def diagnose(ev: Evidence, *, expected_version: str | None = None, protocol: Pro
         found.append(Diagnosis("unknown", "no rule explains this failure; the evidence is below", lines,
                                "inspect the frames and close in the recording (stagewatch replay)"))
     return found
-
-
-def describe_close(code: int) -> str:
-    info = describe(code)
-    return f"{info.code} {info.name}: {info.meaning}"

@@ -12,6 +12,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, NamedTuple
 
+from .evidence import StepEvidence, evidence_from_record
+
 Status = Literal["pass", "fail", "error", "skip"]
 Direction = Literal["in", "out"]
 
@@ -58,7 +60,7 @@ class StageFinished(Event):
     status: Status
     duration_ms: float
     detail: str
-    evidence: dict[str, Any] = field(default_factory=dict)
+    evidence: StepEvidence | None = None  # typed per step kind (probes.steps); None when the stage has none
     kind: ClassVar[str] = "stage_finished"
 
 
@@ -178,12 +180,15 @@ def to_record(event: Any) -> dict[str, Any]:
         value = getattr(event, name)
         if isinstance(value, bytes):
             value = {"b64": base64.b64encode(value).decode("ascii")}
+        elif isinstance(value, StepEvidence):
+            value = value.to_record()
         out[name] = value
     return out
 
 
 def from_record(record: dict[str, Any]) -> Any:
-    """Rebuild an event from `to_record` output; raises ValueError on an unknown or malformed record."""
+    """Rebuild an event from `to_record` output; raises ValueError on an unknown or malformed record. Stage
+    evidence comes back typed for the kinds registered (`import probes.steps`), else as RawEvidence."""
     kind = record.get("type")
     cls = EVENT_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
@@ -195,6 +200,8 @@ def from_record(record: dict[str, Any]) -> Any:
         value = record[name]
         if isinstance(value, dict) and set(value) == {"b64"}:
             value = base64.b64decode(value["b64"])
+        elif name == "evidence":
+            value = evidence_from_record(value)
         elif name in _TUPLE_FIELDS and isinstance(value, list):
             value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
         kwargs[name] = value

@@ -13,20 +13,22 @@ from pathlib import Path
 from typing import TextIO
 
 from .bus import EventBus
-from .closecodes import label
+from .closecodes import close_sentence
 from .config import Config, ResolvedTarget
 from .events import (Closed, Diagnosed, Event, Notice, ProbeFinished, ProbeStarted, RunFinished, RunStarted,
                      StageFinished)
 from .recording import Recorder
 from .redact import Redactor
-from .report import RunSummary, write_json, write_junit, write_markdown
+from .model import RunModel
+from .report import write_json, write_junit, write_markdown
 from .runner import Clock, RunOptions, run_queue
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class Printer:
-    """Writes the live stage lines. Colour only on a terminal and when NO_COLOR is unset."""
+    """Writes the live stage lines, reading the run from the same `RunModel` fold as the reports. Colour only
+    on a terminal and when NO_COLOR is unset."""
 
     STATUS = {"pass": ("pass", "32"), "fail": ("FAIL", "31;1"), "error": ("ERROR", "33;1"), "skip": ("skip", "2")}
 
@@ -34,14 +36,10 @@ class Printer:
                  insecure: bool = False) -> None:
         self.out = out
         self.insecure = insecure
-        self.not_run = 0
         self.color = (out.isatty() and "NO_COLOR" not in os.environ) if color is None else color
         self.verbose = verbose
-        self.priority: dict[str, int] = {}
-        self.skipped: dict[str, int] = {}
-        self.failures: list[str] = []
-        self.count = 0
-        self.passed = 0
+        self.model = RunModel()
+        self.skipped: dict[str, int] = {}  # skipped stages not shown, per probe (without --verbose)
 
     def _c(self, text: str, code: str) -> str:
         return f"\x1b[{code}m{text}\x1b[0m" if self.color else text
@@ -51,59 +49,55 @@ class Printer:
         self.out.flush()
 
     def handle(self, e: Event) -> None:
+        self.model.apply(e)
+        probe = self.model.probes.get(getattr(e, "probe_id", ""))
+        pad = f"   {'':<14}"
         if isinstance(e, RunStarted):
-            self.failures, self.count, self.passed, self.not_run = [], 0, 0, 0
             where = e.target if e.base_url == e.target else f"{e.target} ({e.base_url})"
             insecure = self._c(" · TLS NOT VERIFIED (--insecure)", "31;1") if self.insecure else ""
             self._w(f"stagewatch → {where} · {len(e.probes)} probes{insecure}")
         elif isinstance(e, ProbeStarted):
-            self.priority[e.probe_id] = e.priority
             self.skipped[e.probe_id] = 0
         elif isinstance(e, StageFinished):
             if e.status == "skip" and not self.verbose:
                 self.skipped[e.probe_id] = self.skipped.get(e.probe_id, 0) + 1
                 return
             word, code = self.STATUS[e.status]
-            p = self.priority.get(e.probe_id, 0)
+            p = probe.priority if probe else 0
             self._w(f"P{p} {e.probe_id:<14} {e.stage:<12} {self._c(f'{word:<5}', code)} "
                     f"{e.duration_ms:>8.1f} ms  {e.detail}")
         elif isinstance(e, Closed):
             if e.by != "client" or e.code != 1000:
-                who = {"server": "by the server", "client": "by us", "none": "no close frame"}[e.by]
-                reason = f" '{e.reason}'" if e.reason else ""
-                self._w(f"   {'':<14} {'close':<12} {self._c(label(e.code), '35')}{reason} — {who}, "
-                        f"{e.after_ms:.0f} ms after accept")
+                self._w(f"{pad} {'close':<12} {self._c(close_sentence(e.code, e.reason, e.by, e.after_ms), '35')}")
         elif isinstance(e, Diagnosed):
             for d in e.diagnoses:
-                self._w(f"   {'':<14} {self._c('diagnosis', '36')}    {d['code']}: {d['summary']}")
+                self._w(f"{pad} {self._c('diagnosis', '36')}    {d['code']}: {d['summary']}")
                 if self.verbose:
                     for item in d.get("evidence", []):
-                        self._w(f"   {'':<14}              · {item}")
+                        self._w(f"{pad}              · {item}")
                     if d.get("next_step"):
-                        self._w(f"   {'':<14}              next: {d['next_step']}")
+                        self._w(f"{pad}              next: {d['next_step']}")
         elif isinstance(e, ProbeFinished):
-            self.count += 1
-            if e.status == "pass":
-                self.passed += 1
-            elif e.status == "skip":
-                self.not_run += 1
-            else:
-                self.failures.append(f"{e.probe_id} at {e.failed_stage}")
             n = self.skipped.get(e.probe_id, 0)
             if n and e.status != "skip":
-                self._w(f"   {'':<14} {'':<12} {self._c(f'… {n} later stage(s) not run', '2')}")
+                self._w(f"{pad} {'':<12} {self._c(f'… {n} later stage(s) not run', '2')}")
         elif isinstance(e, Notice):
             sys.stderr.write(f"stagewatch: {e.level}: {e.message}\n")
         elif isinstance(e, RunFinished):
-            if e.verdict == "pass":
-                verdict = self._c("PASS", "32;1") + f" — {self.passed}/{self.count} probes passed"
-            elif e.verdict == "interrupted":
-                verdict = self._c("INTERRUPTED", "33;1") + f" — {self.count} probes finished"
-            else:
-                skipped = f", {self.not_run} not run (--fail-fast)" if self.not_run else ""
-                verdict = (self._c("FAIL", "31;1") + f" — {len(self.failures)} of {self.count} probes failed"
-                           f" ({'; '.join(self.failures)}){skipped}")
-            self._w(f"verdict: {verdict} in {e.duration_ms / 1000:.2f} s")
+            self._w(f"verdict: {self._verdict(e)} in {e.duration_ms / 1000:.2f} s")
+
+    def _verdict(self, e: RunFinished) -> str:
+        this_run = [p for p in self.model.ordered() if p.runs and p.finished]
+        passed = sum(p.status == "pass" for p in this_run)
+        not_run = sum(p.status == "skip" for p in this_run)
+        failures = [f"{p.id} at {p.failed_stage}" for p in this_run if p.status in ("fail", "error")]
+        if e.verdict == "pass":
+            return self._c("PASS", "32;1") + f" — {passed}/{len(this_run)} probes passed"
+        if e.verdict == "interrupted":
+            return self._c("INTERRUPTED", "33;1") + f" — {len(this_run)} probes finished"
+        skipped = f", {not_run} not run (--fail-fast)" if not_run else ""
+        return (self._c("FAIL", "31;1") + f" — {len(failures)} of {len(this_run)} probes failed"
+                f" ({'; '.join(failures)}){skipped}")
 
 
 @dataclass
@@ -130,10 +124,10 @@ def _write(path: Path, text: str) -> None:
         sys.stderr.write(f"stagewatch: warning: cannot write {path}: {exc.strerror or exc}\n")
 
 
-async def _run(req: HeadlessRequest, summary: RunSummary, recorders: list[Recorder]) -> int:
+async def _run(req: HeadlessRequest, summary: RunModel, recorders: list[Recorder]) -> int:
     bus = EventBus()
     clock = Clock()
-    bus.subscribe(summary.handle)
+    bus.subscribe(summary.apply)
     if not req.quiet:
         bus.subscribe(Printer(verbose=req.verbose, insecure=not req.target.verify_tls).handle)
     recorder: Recorder | None = None
@@ -167,7 +161,7 @@ async def _run(req: HeadlessRequest, summary: RunSummary, recorders: list[Record
 
 
 def run_headless(req: HeadlessRequest) -> int:
-    summary = RunSummary()
+    summary = RunModel()
     recorders: list[Recorder] = []
     try:
         code = asyncio.run(_run(req, summary, recorders))

@@ -1,120 +1,63 @@
 """Reports built from the event stream: the JSON contract for CI, JUnit XML, and Markdown to paste into an issue.
 
-`RunSummary` listens to events (live or replayed) and keeps per-probe results; the writers only read it.
+The writers read a `RunModel` (the one fold of the event stream, live or replayed); they never see events.
 """
 
 from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from .closecodes import describe, label
-from .events import (Diagnosed, Event, ProbeFinished, ProbeStarted, RunFinished, RunStarted, StageFinished)
-from .evidence import Evidence
+from .closecodes import WHO_CLOSED, close_meaning, close_sentence
 from .frames import classify
+from .model import ProbeModel, RunModel
 
 
-@dataclass
-class ProbeReport:
-    id: str
-    name: str
-    priority: int
-    stages_planned: tuple[str, ...]
-    evidence: Evidence
-    finished: ProbeFinished | None = None
-    diagnoses: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def status(self) -> str:
-        return self.finished.status if self.finished else "running"
-
-    @property
-    def failed_stage(self) -> str | None:
-        return self.finished.failed_stage if self.finished else None
-
-    def to_dict(self) -> dict[str, Any]:
-        ev = self.evidence
-        return {
-            "id": self.id, "name": self.name, "priority": self.priority, "status": self.status,
-            "duration_ms": self.finished.duration_ms if self.finished else None,
-            "stages": [{"name": s.name, "status": s.status, "duration_ms": s.duration_ms, "detail": s.detail}
-                       for s in ev.stages],
-            "close": ev.close_summary(),
-            "diagnoses": [{"code": d["code"], "summary": d["summary"], "evidence": d.get("evidence", []),
-                           "next_step": d.get("next_step", "")} for d in self.diagnoses],
-            "frames_in": ev.frames_in, "frames_out": ev.frames_out,
-        }
+def probe_record(p: ProbeModel) -> dict[str, Any]:
+    """One probe in the JSON contract."""
+    return {
+        "id": p.id, "name": p.name, "priority": p.priority,
+        "status": "running" if p.status in ("queued", "running") else p.status,
+        "duration_ms": p.duration_ms,
+        "stages": [{"name": s.name, "status": s.status, "duration_ms": s.duration_ms, "detail": s.detail}
+                   for s in p.done_stages],
+        "close": p.close_record(),
+        "diagnoses": [{"code": d["code"], "summary": d["summary"], "evidence": d.get("evidence", []),
+                       "next_step": d.get("next_step", "")} for d in p.diagnoses],
+        "frames_in": p.frames_in, "frames_out": p.frames_out,
+    }
 
 
-class RunSummary:
-    """Subscribe `summary.handle` to the bus (or feed it a replay) and read the results at any time."""
-
-    def __init__(self) -> None:
-        self.target = ""
-        self.base_url = ""
-        self.wall0: float | None = None
-        self.started_t = 0.0
-        self.finished: RunFinished | None = None
-        self.probes: dict[str, ProbeReport] = {}
-        self.order: list[tuple[str, str, int]] = []
-        self.runs = 0  # a recording of a live session may hold several runs (reruns, --watch rounds)
-
-    def handle(self, event: Event) -> None:
-        if isinstance(event, RunStarted):
-            self.runs += 1
-            self.target, self.base_url, self.wall0 = event.target, event.base_url, event.wall
-            self.started_t = event.t
-            self.order = list(event.probes)
-            return
-        if isinstance(event, RunFinished):
-            self.finished = event
-            return
-        probe_id = getattr(event, "probe_id", None)
-        if probe_id is None:
-            return
-        if isinstance(event, ProbeStarted):
-            self.probes[probe_id] = ProbeReport(probe_id, event.name, event.priority, event.stages,
-                                                Evidence(probe_id=probe_id))
-        report = self.probes.get(probe_id)
-        if report is None:
-            return
-        report.evidence.add(event)
-        if isinstance(event, Diagnosed):
-            report.diagnoses = [dict(d) for d in event.diagnoses]
-        elif isinstance(event, ProbeFinished):
-            report.finished = event
-
-    @property
-    def verdict(self) -> str:
-        if self.finished is not None:
-            return self.finished.verdict
-        return "fail" if any(p.status in ("fail", "error") for p in self.probes.values()) else "running"
-
-    def _iso(self, t: float | None) -> str | None:
-        if self.wall0 is None or t is None:
-            return None
-        return datetime.fromtimestamp(self.wall0 + t, tz=timezone.utc).isoformat(timespec="milliseconds")
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "target": self.target,
-            "base_url": self.base_url,
-            "started_at": self._iso(self.started_t),
-            "finished_at": self._iso(self.finished.t if self.finished else None),
-            "verdict": self.verdict,
-            "probes": [p.to_dict() for p in self.probes.values()],
-        }
+def _iso(model: RunModel, t: float | None) -> str | None:
+    if model.wall0 is None or t is None:
+        return None
+    return datetime.fromtimestamp(model.wall0 + t, tz=timezone.utc).isoformat(timespec="milliseconds")
 
 
-def write_json(summary: RunSummary) -> str:
-    return json.dumps(summary.to_json(), indent=2, ensure_ascii=False) + "\n"
+def _reported(model: RunModel) -> list[ProbeModel]:
+    """The probes that started (a probe only announced by RunStarted and never run is not reported)."""
+    return [p for p in model.probes.values() if p.runs]
 
 
-def failure_message(p: ProbeReport) -> str:
-    failed = p.evidence.failed
+def to_json(model: RunModel) -> dict[str, Any]:
+    return {
+        "target": model.target,
+        "base_url": model.base_url,
+        "started_at": _iso(model, model.started_t),
+        "finished_at": _iso(model, model.finished.t if model.finished else None),
+        "verdict": model.verdict,
+        "probes": [probe_record(p) for p in _reported(model)],
+    }
+
+
+def write_json(model: RunModel) -> str:
+    return json.dumps(to_json(model), indent=2, ensure_ascii=False) + "\n"
+
+
+def failure_message(p: ProbeModel) -> str:
+    failed = p.failed
     parts = [f"{failed.name}: {failed.detail}" if failed else f"status {p.status}"]
     if p.diagnoses:
         d = p.diagnoses[0]
@@ -122,25 +65,25 @@ def failure_message(p: ProbeReport) -> str:
     return " | ".join(parts)
 
 
-def write_junit(summary: RunSummary) -> str:
-    probes = list(summary.probes.values())
-    total_s = (summary.finished.duration_ms / 1000.0) if summary.finished else 0.0
+def write_junit(model: RunModel) -> str:
+    probes = _reported(model)
+    total_s = (model.finished.duration_ms / 1000.0) if model.finished else 0.0
     suites = ET.Element("testsuites", name="stagewatch", tests=str(len(probes)),
                         failures=str(sum(p.status == "fail" for p in probes)),
                         errors=str(sum(p.status == "error" for p in probes)), time=f"{total_s:.3f}")
-    suite = ET.SubElement(suites, "testsuite", name=f"stagewatch: {summary.target}", tests=str(len(probes)),
+    suite = ET.SubElement(suites, "testsuite", name=f"stagewatch: {model.target}", tests=str(len(probes)),
                           failures=str(sum(p.status == "fail" for p in probes)),
                           errors=str(sum(p.status == "error" for p in probes)),
                           skipped=str(sum(p.status == "skip" for p in probes)), time=f"{total_s:.3f}",
-                          timestamp=summary._iso(summary.started_t) or "")
+                          timestamp=_iso(model, model.started_t) or "")
     for p in probes:
-        seconds = (p.finished.duration_ms / 1000.0) if p.finished else 0.0
+        seconds = (p.duration_ms or 0.0) / 1000.0
         case = ET.SubElement(suite, "testcase", classname=f"stagewatch.P{p.priority}", name=p.id,
                              time=f"{seconds:.3f}")
-        body = "\n".join(f"{s.status:5} {s.name:<12} {s.duration_ms:8.1f} ms  {s.detail}" for s in p.evidence.stages)
-        close = p.evidence.close_summary()
-        if close:
-            body += f"\nclose: {label(close['code'])} '{close['reason']}' by {close['by']} after {close['after_ms']} ms"
+        body = "\n".join(f"{s.status:5} {s.name:<12} {s.duration_ms:8.1f} ms  {s.detail}" for s in p.done_stages)
+        c = p.close
+        if c is not None:
+            body += f"\nclose: {close_sentence(c.code, c.reason, c.by, c.after_ms)}"
         for d in p.diagnoses:
             body += f"\ndiagnosis {d['code']}: {d['summary']}"
             for e in d.get("evidence", []):
@@ -153,7 +96,7 @@ def write_junit(summary: RunSummary) -> str:
             el = ET.SubElement(case, tag, message=failure_message(p), type=kind)
             el.text = body
         elif p.status == "skip":
-            why = next((s.detail for s in p.evidence.stages if s.detail), "not run")
+            why = next((s.detail for s in p.done_stages if s.detail), "not run")
             ET.SubElement(case, "skipped", message=why)
         else:
             ET.SubElement(case, "system-out").text = body
@@ -168,40 +111,40 @@ def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def write_markdown(summary: RunSummary) -> str:
-    probes = list(summary.probes.values())
+def write_markdown(model: RunModel) -> str:
+    probes = _reported(model)
     passed = sum(p.status == "pass" for p in probes)
-    out = [f"## stagewatch: {summary.verdict.upper()} — {summary.target}",
+    out = [f"## stagewatch: {model.verdict.upper()} — {model.target}",
            "",
-           f"{passed}/{len(probes)} probes passed · started {summary._iso(summary.started_t) or '?'}"
-           + (f" · {summary.finished.duration_ms / 1000:.2f} s" if summary.finished else "")
-           + (f" · the latest result of each probe over {summary.runs} runs (this line: the last run)"
-              if summary.runs > 1 else ""),
+           f"{passed}/{len(probes)} probes passed · started {_iso(model, model.started_t) or '?'}"
+           + (f" · {model.finished.duration_ms / 1000:.2f} s" if model.finished else "")
+           + (f" · the latest result of each probe over {model.runs} runs (this line: the last run)"
+              if model.runs > 1 else ""),
            "",
            "| P | probe | status | ms | failed at |",
            "|---|---|---|---:|---|"]
     for p in probes:
-        ms = f"{p.finished.duration_ms:.0f}" if p.finished else ""
+        ms = f"{p.duration_ms:.0f}" if p.duration_ms is not None else ""
         out.append(f"| P{p.priority} | {p.id} | {_GLYPH.get(p.status, p.status)} {p.status} | {ms} | "
                    f"{p.failed_stage or ''} |")
     for p in probes:
         if p.status not in ("fail", "error"):
             continue
         out += ["", f"### {p.id} ({p.name})", "", "| stage | status | ms | detail |", "|---|---|---:|---|"]
-        for s in p.evidence.stages:
+        for s in p.done_stages:
             out.append(f"| {s.name} | {s.status} | {s.duration_ms:.0f} | {_md_cell(s.detail)} |")
-        close = p.evidence.close_summary()
-        if close:
-            info = describe(close["code"])
-            out += ["", f"**Close:** `{close['code']}` {info.name} — reason `{close['reason'] or '(none)'}` — "
-                        f"closed by {close['by']} {close['after_ms']:.0f} ms after accept. {info.meaning[:1].upper()}"
-                        f"{info.meaning[1:]}."]
+        c = p.close
+        if c is not None:
+            meaning = close_meaning(c.code, c.by)
+            out += ["", f"**Close:** `{c.code}` {c.name} — reason `{c.reason or '(none)'}` — "
+                        f"{WHO_CLOSED.get(c.by, c.by)} {c.after_ms:.0f} ms after accept. {meaning[:1].upper()}"
+                        f"{meaning[1:]}."]
         for d in p.diagnoses:
             out += ["", f"**Diagnosis `{d['code']}`:** {d['summary']}"]
             out += [f"- {e}" for e in d.get("evidence", [])]
             if d.get("next_step"):
                 out.append(f"- **Next:** {d['next_step']}")
-        frames = p.evidence.recent_frames()
+        frames = list(p.last_frames)
         if frames:
             out += ["", "<details><summary>last frames before the close</summary>", "", "```"]
             for f in frames:

@@ -18,8 +18,12 @@ import httpx
 from .bus import EventBus
 from .clock import Clock
 from .config import CREDENTIAL_HEADERS, Config, ProbeDef, ResolvedTarget
-from .events import ProbeFinished, ProbeStarted, RunFinished, RunStarted, StageFinished, StageStarted
-from .probe import LOOPBACK, ProbeRun, RunContext
+from .context import RunContext
+from .diagnosis import diagnose
+from .events import (Diagnosed, ProbeFinished, ProbeStarted, RunFinished, RunStarted, StageFinished,
+                     StageStarted)
+from .net import is_loopback
+from .probe import ProbeRun
 from .redact import Redactor
 from .sandbox import SANDBOX_BUILD, Sandbox, SandboxOptions
 
@@ -96,7 +100,7 @@ async def run_queue(config: Config, target: ResolvedTarget, bus: EventBus, optio
     results: list[ProbeFinished] = []
     verdict = "pass"
     verify: bool = target.verify_tls
-    loopback = urlsplit(base_url).hostname in LOOPBACK
+    loopback = is_loopback(urlsplit(base_url).hostname)
     try:
         async with httpx.AsyncClient(verify=verify, follow_redirects=False, trust_env=not loopback) as http:
             ctx = RunContext(target=target, base_url=base_url, bus=bus, clock=clock, redactor=redactor, env=env,
@@ -110,7 +114,7 @@ async def run_queue(config: Config, target: ResolvedTarget, bus: EventBus, optio
                 if stop:
                     results.append(_skip(bus, clock, probe, "not run: --fail-fast"))
                     continue
-                finished = await ProbeRun(probe, ctx).run()
+                finished = await _run_probe(probe, ctx, expected)
                 results.append(finished)
                 if finished.status != "pass":
                     verdict = "fail"
@@ -125,6 +129,28 @@ async def run_queue(config: Config, target: ResolvedTarget, bus: EventBus, optio
             await sandbox.stop()
     bus.publish(RunFinished(clock(), verdict, round((time.monotonic() - started) * 1000, 1)))  # type: ignore[arg-type]
     return RunResult(verdict, results, base_url)
+
+
+async def _run_probe(probe: ProbeDef, ctx: RunContext, expected: str | None) -> ProbeFinished:
+    """One probe, then its diagnosis, then its end: every consumer learns how it ended, even when interrupted."""
+    bus, clock = ctx.bus, ctx.clock
+    run = ProbeRun(probe, ctx)
+    start = time.monotonic()
+    try:
+        outcome = await run.run()
+    except asyncio.CancelledError:  # Ctrl-C, a rerun, quitting: the probe ends as an error at its stage
+        m = run.model
+        bus.publish(ProbeFinished(clock(), probe.id, "error", round((time.monotonic() - start) * 1000, 1),
+                                  run.current, m.frames_in, m.frames_out))
+        raise
+    m = outcome.model
+    found = diagnose(m, expected_version=expected, protocol=ctx.target.protocol, timeouts=ctx.target.timeouts)
+    if found:
+        bus.publish(Diagnosed(clock(), probe.id, tuple(d.as_dict() for d in found)))
+    finished = ProbeFinished(clock(), probe.id, outcome.status, outcome.duration_ms, outcome.failed_stage,
+                             m.frames_in, m.frames_out)
+    bus.publish(finished)
+    return finished
 
 
 def _skip(bus: EventBus, clock: Clock, probe: ProbeDef, why: str) -> ProbeFinished:

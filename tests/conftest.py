@@ -9,7 +9,8 @@ import pytest
 from probes.bus import EventBus
 from probes.config import Config, Timeouts, load_config, resolve_target
 from probes.events import Event, StageFinished
-from probes.report import RunSummary
+from probes.model import RunModel
+from probes.report import to_json
 from probes.runner import RunOptions, RunResult, run_queue
 from probes.sandbox import SandboxOptions
 
@@ -20,7 +21,7 @@ FAST = Timeouts(http=2, connect=2, ready=0.5, agent=0.6, response=0.3, close=0.5
 class Outcome:
     result: RunResult
     events: list[Event] = field(default_factory=list)
-    summary: RunSummary = field(default_factory=RunSummary)
+    summary: RunModel = field(default_factory=RunModel)
 
     def stage(self, probe: str, stage: str) -> StageFinished:
         return next(e for e in self.events if isinstance(e, StageFinished) and e.probe_id == probe
@@ -31,7 +32,7 @@ class Outcome:
                      and e.status in ("fail", "error")), None)
 
     def probe(self, probe: str) -> dict:
-        return next(p for p in self.summary.to_json()["probes"] if p["id"] == probe)
+        return next(p for p in to_json(self.summary)["probes"] if p["id"] == probe)
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +50,7 @@ async def run_sandbox(config: Config, fault: str = "none", *, only: tuple[str, .
     bus = EventBus()
     outcome = Outcome(result=None)  # type: ignore[arg-type]
     bus.subscribe(outcome.events.append)
-    bus.subscribe(outcome.summary.handle)
+    bus.subscribe(outcome.summary.apply)
     target = resolve_target(config, "sandbox")
     if sandbox is not None:
         sandbox.fault = fault

@@ -18,8 +18,14 @@ from probes.closecodes import CLOSE_CODES, NOT_ON_WIRE, describe, label
 from probes.config import Config, Target, resolve_target
 from probes.diagnosis import RULES, diagnose
 from probes.events import Closed, Diagnosed, ProbeStarted, StageFinished, StageStarted
-from probes.evidence import Evidence
-from probes.report import RunSummary
+from probes.evidence import EchoCheck
+from probes.model import ProbeModel, RunModel
+from probes.report import to_json
+from probes.steps.auth import AuthEvidence
+from probes.steps.connect import ConnectEvidence
+from probes.steps.expect_events import EventsEvidence
+from probes.steps.http import HttpEvidence
+from probes.steps.send import SendEvidence
 from probes.runner import RunOptions, run_queue
 from probes.sandbox import Sandbox, SandboxOptions
 from tests.conftest import run_sandbox
@@ -75,7 +81,7 @@ async def test_evidence_names_the_facts(fast_config):
     out = await run_sandbox(fast_config, "closed-before-ready", only=("golden-path",))
     first = _diagnoses(out)[0]
     text = " ".join(first["evidence"])
-    assert "1000 Normal Closure" in text and "'main cleanup'" in text and "sent by the server" in text
+    assert "1000 Normal Closure" in text and "'main cleanup'" in text and "server closed" in text
     assert "no connection_established frame before the close" in text
     out = await run_sandbox(fast_config, "strip-auth", only=("golden-path",))
     first = _diagnoses(out)[0]
@@ -141,12 +147,12 @@ async def test_auth_not_enforced(fast_config):
 
 
 def _synthetic(close_code: int, after_ms: float, by: str = "none", stage: str = "agent",
-               step: str = "expect_events") -> Evidence:
-    ev = Evidence()
-    ev.add(ProbeStarted(0, "p", "p", 1, (stage,)))
-    ev.add(StageStarted(0, "p", stage, step))
-    ev.add(Closed(1, "p", close_code, describe(close_code).name, "", by, after_ms, close_code not in NOT_ON_WIRE))
-    ev.add(StageFinished(1, "p", stage, "fail", after_ms, "closed", {"closed": True}))
+               step: str = "expect_events") -> ProbeModel:
+    ev = ProbeModel("p")
+    ev.apply(ProbeStarted(0, "p", "p", 1, (stage,)))
+    ev.apply(StageStarted(0, "p", stage, step))
+    ev.apply(Closed(1, "p", close_code, describe(close_code).name, "", by, after_ms, close_code not in NOT_ON_WIRE))
+    ev.apply(StageFinished(1, "p", stage, "fail", after_ms, "closed", EventsEvidence(closed=True)))
     return ev
 
 
@@ -177,9 +183,9 @@ def test_try_again_later_is_not_ready():
 
 
 def test_unexplained_failure_is_unknown_not_a_guess():
-    ev = Evidence()
-    ev.add(StageStarted(0, "p", "x", "send"))
-    ev.add(StageFinished(0, "p", "x", "fail", 1.0, "something odd", {}))
+    ev = ProbeModel("p")
+    ev.apply(StageStarted(0, "p", "x", "send"))
+    ev.apply(StageFinished(0, "p", "x", "fail", 1.0, "something odd", SendEvidence()))
     found = diagnose(ev)
     assert [d.code for d in found] == ["unknown"]
 
@@ -214,10 +220,10 @@ def test_close_code_table_matches_the_registry():
 
 
 def test_summary_keeps_diagnoses_per_probe():
-    summary = RunSummary()
-    summary.handle(ProbeStarted(0, "p", "p", 1, ("s",)))
-    summary.handle(Diagnosed(0, "p", ({"code": "x", "summary": "y", "evidence": [], "next_step": ""},)))
-    assert summary.to_json()["probes"][0]["diagnoses"][0]["code"] == "x"
+    summary = RunModel()
+    summary.apply(ProbeStarted(0, "p", "p", 1, ("s",)))
+    summary.apply(Diagnosed(0, "p", ({"code": "x", "summary": "y", "evidence": [], "next_step": ""},)))
+    assert to_json(summary)["probes"][0]["diagnoses"][0]["code"] == "x"
 
 
 def test_rules_are_pure(fast_config):
@@ -226,13 +232,12 @@ def test_rules_are_pure(fast_config):
     asyncio.get_event_loop_policy()  # no loop needed: rules never touch the network
 
 
-def _refused(body: str, status: int = 401, echo: dict | None = None) -> Evidence:
-    ev = Evidence()
-    ev.add(StageStarted(0, "p", "connect", "connect"))
-    evidence = {"http_status": status, "body": body, "token_sent": True, "transport": ["subprotocol", "header"]}
-    if echo is not None:
-        evidence["echo"] = echo
-    ev.add(StageFinished(0, "p", "connect", "fail", 1.0, f"HTTP {status}", evidence))
+def _refused(body: str, status: int = 401, echo: dict | None = None) -> ProbeModel:
+    ev = ProbeModel("p")
+    ev.apply(StageStarted(0, "p", "connect", "connect"))
+    evidence = ConnectEvidence(http_status=status, body=body, token_sent=True, transport=["subprotocol", "header"],
+                               echo=EchoCheck.from_record(echo) if echo is not None else None)
+    ev.apply(StageFinished(0, "p", "connect", "fail", 1.0, f"HTTP {status}", evidence))
     return ev
 
 
@@ -259,7 +264,7 @@ def test_echo_endpoint_decides_over_the_wording(echo, stripped):
 
 
 def test_echo_header_shapes():
-    from probes.probe import _echoed_headers
+    from probes.context import echoed_headers as _echoed_headers
 
     assert _echoed_headers({"headers": {"Authorization": "Bearer x"}})["authorization"] == "Bearer x"
     assert _echoed_headers({"received": {"headers": {"authorization": None}}})["authorization"] is None
@@ -358,16 +363,16 @@ async def test_response_in_a_message_frame_passes(fast_config):
     assert failed == []
 
 
-def _skewed_refusal(skew_s: float, ttl_s: int = 900) -> Evidence:
+def _skewed_refusal(skew_s: float, ttl_s: int = 900) -> ProbeModel:
     import email.utils
     now = float(int(time.time()))  # whole seconds: the Date header has no finer resolution
-    ev = Evidence()
-    ev.add(StageStarted(0, "p", "auth", "auth"))
-    ev.add(StageFinished(0, "p", "auth", "pass", 1.0, "minted", {"iat": int(now), "exp": int(now) + ttl_s}))
-    ev.add(StageStarted(0, "p", "connect", "connect"))
-    ev.add(StageFinished(0, "p", "connect", "fail", 1.0, "HTTP 401", {
-        "http_status": 401, "body": '{"detail": "Signature verification failed"}', "token_sent": True,
-        "transport": ["header"], "date": email.utils.formatdate(now + skew_s, usegmt=True)}))
+    ev = ProbeModel("p")
+    ev.apply(StageStarted(0, "p", "auth", "auth"))
+    ev.apply(StageFinished(0, "p", "auth", "pass", 1.0, "minted", AuthEvidence(iat=now, exp=now + ttl_s)))
+    ev.apply(StageStarted(0, "p", "connect", "connect"))
+    ev.apply(StageFinished(0, "p", "connect", "fail", 1.0, "HTTP 401", ConnectEvidence(
+        http_status=401, body='{"detail": "Signature verification failed"}', token_sent=True,
+        transport=["header"], date=email.utils.formatdate(now + skew_s, usegmt=True))))
     return ev
 
 
@@ -385,9 +390,9 @@ def test_clock_skew_only_when_it_explains_the_refusal(skew_s, first):
 
 
 def test_health_without_the_expected_build_field_is_version_unknown():
-    ev = Evidence()
-    ev.add(StageStarted(0, "p", "health", "http"))
-    ev.add(StageFinished(0, "p", "health", "fail", 1.0, "GET /health: no 'version' field to compare with b1",
-                         {"http_status": 200, "expected_version": "b1", "version_missing": True, "body": "[]"}))
+    ev = ProbeModel("p")
+    ev.apply(StageStarted(0, "p", "health", "http"))
+    ev.apply(StageFinished(0, "p", "health", "fail", 1.0, "GET /health: no 'version' field to compare with b1",
+                           HttpEvidence(http_status=200, expected_version="b1", version_missing=True, body="[]")))
     found = diagnose(ev)
     assert found[0].code == "version-unknown" and "health answered: []" in found[0].evidence

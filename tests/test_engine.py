@@ -16,7 +16,8 @@ from probes.config import resolve_target
 from probes.events import (Closed, Frame, ProbeFinished, RunFinished, RunStarted, StageFinished, StageStarted,
                            WsOpened)
 from probes.recording import Recorder, read_recording
-from probes.report import RunSummary, write_json, write_junit, write_markdown
+from probes.model import RunModel
+from probes.report import write_json, write_junit, write_markdown
 from probes.runner import Clock, RunOptions, run_queue
 from probes.sandbox import SandboxOptions
 from tests.conftest import run_sandbox
@@ -101,7 +102,7 @@ async def test_fault_fails_the_stage_it_targets(fast_config, fault):
     if code is not None:
         assert report["close"]["code"] == code
     if status is not None:
-        assert failed.evidence.get("http_status") == status
+        assert failed.evidence is not None and getattr(failed.evidence, "http_status") == status
 
 
 async def test_closed_before_ready_close_details(fast_config):
@@ -176,11 +177,11 @@ async def test_recording_replays_into_the_same_events(fast_config, tmp_path: Pat
     assert replay.events == live
     assert isinstance(replay.events[0], RunStarted) and isinstance(replay.events[-1], RunFinished)
     # the same report comes out of the replay as out of the live run
-    live_summary, replay_summary = RunSummary(), RunSummary()
+    live_summary, replay_summary = RunModel(), RunModel()
     for e in live:
-        live_summary.handle(e)
+        live_summary.apply(e)
     for e in replay.events:
-        replay_summary.handle(e)
+        replay_summary.apply(e)
     assert write_json(live_summary) == write_json(replay_summary)
 
 

@@ -9,7 +9,7 @@ import sys
 import jwt
 
 from probes.config import resolve_target
-from probes.probe import ws_url_for
+from probes.context import ws_url_for
 from probes.repro import python_script, websocat
 from probes.sandbox import Sandbox, SandboxOptions
 

@@ -45,7 +45,7 @@ def live_app(config: Config, fault: str = "none", **options: object) -> Stagewat
 async def wait_for_run(app: StagewatchApp, pilot: object, *, runs: int = 1, timeout: float = 15.0) -> None:
     """Until the app has folded the RunFinished of its `runs`-th run (and drawn it), or fail after `timeout`."""
     deadline = time.monotonic() + timeout
-    while not (app.state.runs >= runs and not app.state.running and app.state.verdict is not None):
+    while not (app.state.runs >= runs and not app.state.running and app.state.finished is not None):
         if time.monotonic() > deadline:
             raise AssertionError(f"run {runs} did not finish within {timeout} s (runs={app.state.runs}, "
                                  f"running={app.state.running})")
@@ -299,7 +299,7 @@ async def test_replay_shows_the_recording_with_pause_step_and_speed(tui_config, 
         await pilot.press("minus")
         assert app.replay_speed == 2.0
         await pilot.press("space")  # resume to the end
-        await wait_until(pilot, lambda: app.replay_done and app.state.verdict is not None, timeout=10)
+        await wait_until(pilot, lambda: app.replay_done and app.state.finished is not None, timeout=10)
         await pilot.pause()
         assert app.focus_probe == "golden-path"
         assert re.search(r"1000 Normal Closure — 'main cleanup' — server closed \d+ ms",

@@ -16,6 +16,7 @@ import pytest
 
 from probes.bus import EventBus
 from probes.config import Config, resolve_target
+from probes.evidence import evidence_from_record
 from probes.events import (Closed, Diagnosed, Event, Frame, HttpExchange, ProbeFinished, RunFinished, RunStarted,
                            StageFinished, WsOpened)
 from probes.runner import RunOptions, run_queue
@@ -74,12 +75,16 @@ def normalise(events: list[Event]) -> list[Event]:
         if isinstance(e, RunStarted):
             e = _replace(e, base_url=_text(e.base_url, 0), wall=WALL0)
         elif isinstance(e, StageFinished):
-            ms = CLOSE_MS if e.evidence.get("closed") else STAGE_MS.get(e.stage.removesuffix("-2"), 1.0)
-            ev = _deep(dict(e.evidence), ms)
-            if "exp" in ev:
-                ev.update(exp=EXP, iat=WALL0)
-            if isinstance(ev.get("events"), list):
-                ev["events"] = [[name, 4.0 * (k + 1)] for k, (name, _ms) in enumerate(ev["events"])]
+            closed = e.evidence is not None and e.evidence.closed
+            ms = CLOSE_MS if closed else STAGE_MS.get(e.stage.removesuffix("-2"), 1.0)
+            ev = e.evidence
+            if ev is not None:
+                record = _deep(ev.to_record(), ms)
+                if record.get("kind") == "auth":
+                    record.update(exp=EXP, iat=WALL0)
+                if isinstance(record.get("events"), list):
+                    record["events"] = [[name, 4.0 * (k + 1)] for k, (name, _ms) in enumerate(record["events"])]
+                ev = evidence_from_record(record)
             duration = 0.0 if e.status == "skip" else ms
             e = _replace(e, duration_ms=duration, detail=_text(e.detail, ms), evidence=ev)
         elif isinstance(e, Frame):

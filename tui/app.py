@@ -234,7 +234,7 @@ class StagewatchApp(App[int]):
         arrived = inbox[:n]
         del inbox[:n]  # the engine thread may append meanwhile: only what was taken is removed
         pending = self.state.take(arrived) if arrived else []
-        changed = self.state.apply(pending) if pending else set()
+        changed = self.state.apply_all(pending) if pending else set()
         self.events_seen += n
         for event in pending:
             if isinstance(event, Notice):
@@ -265,7 +265,7 @@ class StagewatchApp(App[int]):
             want = state.first_failure
         elif state.current is not None:
             want = state.current
-        elif not state.running and state.verdict is not None:
+        elif not state.running and state.finished is not None:
             want = "golden-path" if "golden-path" in state.probes else state.order[0]
         else:
             return

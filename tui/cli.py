@@ -258,7 +258,7 @@ def repro(config_path: str | None, target: str | None, url: str | None, fault: s
           fail_fast: bool, only: tuple[str, ...], max_priority: int | None, insecure: bool, allow_production: bool,
           as_python: bool) -> None:
     """Print the golden path as a websocat command (or Python script) to reproduce by hand. No token shown."""
-    from probes.probe import ws_url_for
+    from probes.context import ws_url_for
     from probes.repro import python_script, websocat
 
     config = _config(config_path)

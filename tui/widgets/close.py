@@ -10,16 +10,17 @@ from rich.console import Group
 from rich.text import Text
 from textual.widgets import Static
 
-from tui.state import ProbeState, close_meaning, close_sentence
+from probes.model import ProbeModel
+from tui.state import meaning, sentence
 from tui.widgets.theme import status_color
 
 
-def close_summary(probe: ProbeState | None) -> str | None:
+def close_summary(probe: ProbeModel | None) -> str | None:
     """A paste-ready text of the probe's close (and its first diagnosis)."""
     if probe is None or probe.close is None:
         return None
     c = probe.close
-    lines = [f"{probe.id}: {close_sentence(c)}", f"meaning: {close_meaning(c)}"]
+    lines = [f"{probe.id}: {sentence(c)}", f"meaning: {meaning(c)}"]
     if probe.failed is not None:
         lines.append(f"failed stage: {probe.failed.name}: {probe.failed.detail}")
     for d in probe.diagnoses:
@@ -52,7 +53,7 @@ class ClosePanel(_Pane):
         for cls in ("-bad", "-ok", "-none"):
             self.set_class(cls == name, cls)
 
-    def show(self, probe: ProbeState | None) -> None:
+    def show(self, probe: ProbeModel | None) -> None:
         if probe is None or probe.close is None:
             waiting = probe is not None and probe.status == "running"
             self.plain = "connection open…" if waiting and probe.opened else "no WebSocket close yet"
@@ -65,7 +66,7 @@ class ClosePanel(_Pane):
         clean = c.by == "client" and c.code == 1000
         self._state("-ok" if clean else "-bad")
         color = status_color(self.app, "pass" if clean else "fail")
-        head = Text(close_sentence(c), style=f"bold {color}")
+        head = Text(sentence(c), style=f"bold {color}")
         who = {"server": "the server closed first", "client": "stagewatch (the client) closed first",
                "none": "nobody sent a close frame: the TCP connection dropped"}.get(c.by, c.by)
         facts = Text()
@@ -79,15 +80,15 @@ class ClosePanel(_Pane):
         facts.append(who)
         facts.append("\nwhen   ", style="dim")
         facts.append(f"{c.after_ms:.0f} ms after the server accepted the upgrade")
-        meaning = Text(close_meaning(c), style="italic dim")
-        self.plain = "\n".join((head.plain, facts.plain, meaning.plain))
-        self._set(Group(head, facts, meaning))
+        said = Text(meaning(c), style="italic dim")
+        self.plain = "\n".join((head.plain, facts.plain, said.plain))
+        self._set(Group(head, facts, said))
 
 
 class DiagnosisPanel(_Pane):
     """The probe's diagnoses: code, summary, evidence, next step."""
 
-    def show(self, probe: ProbeState | None) -> None:
+    def show(self, probe: ProbeModel | None) -> None:
         if probe is None or not probe.diagnoses:
             if probe is not None and probe.status == "pass":
                 self.plain = "nothing to diagnose: every stage passed"

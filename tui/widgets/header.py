@@ -54,10 +54,11 @@ class HeaderBar(Static):
         top.append(state.version or "—", style="bold")
         top.append(*sep)
         top.append("token ", style="dim")
-        if state.token_sub or state.token_exp:
-            top.append(state.token_sub or "(no sub)", style="bold")
-            if state.token_exp is not None:
-                left = state.token_exp - now()
+        token = state.token
+        if token is not None and (token.sub or token.exp):
+            top.append(token.sub or "(no sub)", style="bold")
+            if token.exp is not None:
+                left = token.exp - now()
                 top.append(" · expires ", style="dim")
                 top.append(fmt_countdown(left), style=f"bold {bad}" if left < 60 else "bold")
         else:
@@ -78,12 +79,11 @@ class HeaderBar(Static):
         bottom.append(f"run {state.runs}", style="bold")
         if state.running:
             bottom.append(" running", style=f"bold {accent}")
-        elif state.verdict:
-            verdict = state.verdict.upper()
-            color = ok if state.verdict == "pass" else bad
-            bottom.append(f" {verdict}", style=f"bold {color}")
-            if state.run_duration_ms is not None:
-                bottom.append(f" in {fmt_ms(state.run_duration_ms)}", style="dim")
+        elif state.finished is not None:
+            verdict = state.finished.verdict
+            color = ok if verdict == "pass" else bad
+            bottom.append(f" {verdict.upper()}", style=f"bold {color}")
+            bottom.append(f" in {fmt_ms(state.finished.duration_ms)}", style="dim")
         bottom.append(*sep)
         bottom.append(f"✔ {c['pass']} passed", style=ok)
         failed = c["fail"] + c["error"]

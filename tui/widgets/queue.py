@@ -11,7 +11,8 @@ from textual.message import Message
 from textual.widgets import DataTable
 from textual.widgets.data_table import RowDoesNotExist
 
-from tui.state import ProbeState, SessionState, fmt_ms
+from probes.model import ProbeModel
+from tui.state import SessionState, fmt_ms
 from tui.widgets.theme import glyph, status_color
 
 # (label, key, width); the probe column widens to the longest id, the result column takes what is left.
@@ -54,7 +55,7 @@ class QueuePane(DataTable[Text]):
         self._widths = (probe_width, room)
         self._order = []
 
-    def _cells(self, probe: ProbeState, frames: int) -> list[Text]:
+    def _cells(self, probe: ProbeModel, frames: int) -> list[Text]:
         color = status_color(self.app, probe.status)
         time = fmt_ms(probe.duration_ms) if probe.duration_ms is not None else ""
         now_t = self.now_t() if probe.status == "running" and probe.started_t is not None else None

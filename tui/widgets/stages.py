@@ -14,7 +14,11 @@ from rich.console import Group
 from rich.text import Text
 from textual.widgets import Static
 
-from tui.state import ProbeState, StageState, fmt_countdown, fmt_ms
+from probes.model import ProbeModel, StageModel
+from probes.steps.auth import AuthEvidence
+from probes.steps.connect import ConnectEvidence
+from probes.steps.expect_events import EventsEvidence
+from tui.state import fmt_countdown, fmt_ms, stage_clock
 from tui.widgets.theme import STATUS_WORD, glyph, status_color
 
 
@@ -31,7 +35,7 @@ class StagePane(Static):
         self.failed_line: int | None = None  # the line (from the top) of the first failing stage's row
         self._key = ""
         self._drawn: str | None = None
-        self._last: tuple[ProbeState | None, Callable[[], float], float | None] | None = None
+        self._last: tuple[ProbeModel | None, Callable[[], float], float | None] | None = None
 
     def on_resize(self) -> None:
         if self._last is not None:
@@ -43,7 +47,7 @@ class StagePane(Static):
         self._drawn = self._key
         self.update(renderable)  # type: ignore[arg-type]
 
-    def show(self, probe: ProbeState | None, now: Callable[[], float], wall0: float | None = None) -> None:
+    def show(self, probe: ProbeModel | None, now: Callable[[], float], wall0: float | None = None) -> None:
         """`now`: wall-clock time (countdowns); `wall0`: the wall time at session t=0 (running stages' clocks)."""
         self._last = (probe, now, wall0)
         self._key = ""
@@ -63,7 +67,7 @@ class StagePane(Static):
             color = status_color(self.app, stage.status)
             took = f" {fmt_ms(stage.duration_ms)}" if stage.duration_ms is not None and stage.status != "skip" else ""
             if stage.status == "running" and wall0 is not None:
-                took = f" {stage.elapsed(now() - wall0)}"  # a long wait shows its clock and its limit
+                took = f" {stage_clock(stage, now() - wall0)}"  # a long wait shows its clock and its limit
             item = len(stage.name) + 2 + len(took)
             if i:
                 if column + 3 + item > width:
@@ -115,44 +119,39 @@ class StagePane(Static):
         self._set(Group(strip, Text(""), rows))
 
 
-def stage_detail(stage: StageState, now: Callable[[], float], bad: str = "red", warn: str = "yellow",
+def stage_detail(stage: StageModel, now: Callable[[], float], bad: str = "red", warn: str = "yellow",
                  wall0: float | None = None) -> Text:
     """What to say about one stage, from its detail and evidence."""
-    ev: dict[str, Any] = stage.evidence
+    ev = stage.evidence
     if stage.status == "running":
-        clock = stage.elapsed(now() - wall0) if wall0 is not None else ""
+        clock = stage_clock(stage, now() - wall0) if wall0 is not None else ""
         return Text(f"running… {clock}".rstrip(), style="italic")
     if stage.status == "queued":
         return Text("")
     text = Text(stage.detail, style="dim" if stage.status == "skip" else "")
-    if "exp" in ev or "sub" in ev:  # auth: a live countdown instead of the value at mint time
-        parts = [str(ev.get("source") or "token")]
-        if ev.get("sub"):
-            parts.append(f"sub {ev['sub']}")
-        if ev.get("token"):
-            parts.append(f"token {ev['token']}")
+    if isinstance(ev, AuthEvidence) and stage.status == "pass":  # a live countdown, not the value at mint time
+        parts = [ev.source or "token"]
+        if ev.sub:
+            parts.append(f"sub {ev.sub}")
+        if ev.token:
+            parts.append(f"token {ev.token}")
         text = Text(" · ".join(parts))
-        exp = ev.get("exp")
-        if isinstance(exp, (int, float)):
-            left = exp - now()
+        if ev.exp is not None:
+            left = ev.exp - now()
             text.append(" · ")
             text.append(f"expires {fmt_countdown(left)}", style=f"bold {bad}" if left < 60 else "bold")
-        if stage.status in ("fail", "error"):
-            text = Text(stage.detail)
-    if ev.get("subprotocol_not_echoed"):
+    if isinstance(ev, ConnectEvidence) and ev.subprotocol_not_echoed:
         text.append("\nsubprotocol offered but NOT echoed: browsers refuse this handshake", style=f"bold {warn}")
-    events = ev.get("events")
-    if isinstance(events, list) and events:
-        text.append("\n")
-        for i, item in enumerate(events[:12]):
-            if isinstance(item, (list, tuple)) and len(item) == 2:
+    if isinstance(ev, EventsEvidence):
+        if ev.events:
+            text.append("\n")
+            for i, (name, ms) in enumerate(ev.events[:12]):
                 if i:
                     text.append(" · ", style="dim")
-                text.append(str(item[0]))
-                text.append(f" +{fmt_ms(item[1])}" if isinstance(item[1], (int, float)) else "", style="dim")
-        if len(events) > 12:
-            text.append(f" · … {len(events) - 12} more", style="dim")
-    missing = ev.get("missing")
-    if isinstance(missing, list) and missing:
-        text.append(f"\nmissing: {', '.join(map(str, missing))}", style=f"bold {bad}")
+                text.append(name)
+                text.append(f" +{fmt_ms(ms)}", style="dim")
+            if len(ev.events) > 12:
+                text.append(f" · … {len(ev.events) - 12} more", style="dim")
+        if ev.missing:
+            text.append(f"\nmissing: {', '.join(ev.missing)}", style=f"bold {bad}")
     return text

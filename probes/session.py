@@ -1,0 +1,206 @@
+"""One WebSocket connection's life: opening it, every message as it is read (the inbox), what we send, how it
+ended (the close record: code, reason, who closed first, when after accept, or the drop) and closing it within a
+limit.
+
+Messages are taken synchronously from websockets' parser (`wire.TappedConnection`): each becomes a `Frame` event at
+once, and only frames that mention a protocol type a stage waits for are parsed and queued for `next()`. Floods of
+filler are counted, published and recorded, but cost no JSON parse and no task wake-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import ssl
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import Any
+from urllib.parse import urlsplit
+
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from .closecodes import close_sentence, describe
+from .events import Closed, Event, Frame
+from .frames import frame_type, parse_json
+from .net import is_loopback
+from .wire import TappedConnection
+
+FRAME_KEEP = 64 * 1024  # bytes of each frame kept in events (the size is always exact)
+OTHER = "\x00other"  # type marker: a frame that mentions no protocol type we wait for (not parsed)
+_new_frame = partial(tuple.__new__, Frame)  # Frame(*fields) without NamedTuple's Python-level __new__
+
+Message = tuple[str | None, Any, Frame]  # (protocol type, parsed JSON, the frame)
+
+
+class SessionEnded(Exception):
+    """The connection ended and every message it delivered has been read."""
+
+    def __init__(self, close: Closed) -> None:
+        super().__init__(close.reason)
+        self.close = close
+
+
+def ended_detail(close: Closed, before: str) -> str:
+    """A stage's one line for a connection that ended under it."""
+    return f"{close_sentence(close.code, close.reason, close.by, close.after_ms)}, before {before}"
+
+
+async def open_connection(url: str, *, subprotocols: list[str] | None, headers: dict[str, str], open_timeout: float,
+                          close_timeout: float, max_size: int, verify_tls: bool) -> TappedConnection:
+    """The upgrade, bounded by `open_timeout`; websockets' own exceptions (InvalidStatus…) reach the caller."""
+    kwargs: dict[str, Any] = {}
+    if url.startswith("wss:") and not verify_tls:
+        insecure = ssl.create_default_context()
+        insecure.check_hostname = False
+        insecure.verify_mode = ssl.CERT_NONE
+        kwargs["ssl"] = insecure
+    if is_loopback(urlsplit(url).hostname):
+        kwargs["proxy"] = None
+    ws = await connect(url, subprotocols=subprotocols or None,  # type: ignore[arg-type]
+                       additional_headers=headers, open_timeout=open_timeout, close_timeout=close_timeout,
+                       max_size=max_size, create_connection=TappedConnection, **kwargs)
+    assert isinstance(ws, TappedConnection)
+    return ws
+
+
+class Session:
+    """An open connection of one probe. `emit` publishes an event (and folds it into the probe's own model);
+    `take_frame` is the hot path for a received frame (fold + publish, without type tests)."""
+
+    def __init__(self, ws: TappedConnection, url: str, *, probe_id: str, clock_t0: float,
+                 clock: Callable[[], float], redact: Callable[[str], str], emit: Callable[[Event | Frame], None],
+                 take_frame: Callable[[Frame], None], awaited_types: Iterable[str], type_field: str) -> None:
+        self.ws = ws
+        self.url = url
+        self.opened_at = ws.accepted_at or time.monotonic()  # the 101 as read, not when we resumed
+        self.closed: Closed | None = None
+        self.lost = False
+        self.first_seen = False
+        self.other = 0  # frames of no awaited type, after the first
+        self.inbox: deque[Message] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        # bound once: `_on_message` runs a million times in a flood
+        self._probe_id, self._t0, self._clock, self._redact = probe_id, clock_t0, clock, redact
+        self._emit, self._take = emit, take_frame
+        self._type_field = type_field
+        names = sorted(set(awaited_types), key=len, reverse=True)
+        self._interesting = re.compile("|".join(re.escape(n) for n in names if n) or r"(?!)")
+        ws.attach(self._on_message, self._on_lost)
+
+    # --- reading ------------------------------------------------------------------------------------------------
+    def _on_message(self, data: str | bytes) -> None:
+        """Called by the connection for every whole message, synchronously, as the socket is read."""
+        now = time.monotonic()
+        size = len(data)
+        truncated = size > FRAME_KEEP
+        kept = data[:FRAME_KEEP] if truncated else data
+        if type(kept) is str:
+            kept = self._redact(kept)
+        frame = _new_frame((now - self._t0, self._probe_id, "in", (now - self.opened_at) * 1000.0, size, kept,
+                            truncated))
+        self._take(frame)
+        if type(data) is str and self._interesting.search(data) is not None:
+            value = parse_json(data)
+            self.inbox.append((frame_type(value, self._type_field), value, frame))
+        elif self.first_seen:
+            self.other += 1  # filler: counted, published and recorded, but no stage waits for it
+            return
+        else:  # the first frame always reaches the handshake check, whatever it is
+            self.inbox.append((OTHER if type(data) is str else None, None, frame))
+        self.first_seen = True
+        self._wake()
+
+    def _on_lost(self) -> None:
+        self.lost = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def next(self) -> Message:
+        """The next awaited message; SessionEnded once the connection has ended and every message was read."""
+        while True:
+            if self.inbox:
+                return self.inbox.popleft()
+            if self.closed is not None:
+                raise SessionEnded(self.closed)
+            if self.lost:
+                raise SessionEnded(self.record_close())
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    def real_type(self, t: str | None, frame: Frame) -> str | None:
+        """The type of a frame `_on_message` did not parse (only needed for error messages)."""
+        if t != OTHER:
+            return t
+        return frame_type(parse_json(frame.data), self._type_field)
+
+    # --- writing ------------------------------------------------------------------------------------------------
+    async def send_text(self, payload: str) -> None:
+        """Send one text message and publish it as an outgoing frame; SessionEnded if the connection is gone."""
+        if self.closed is not None:
+            raise SessionEnded(self.closed)
+        try:
+            await self.ws.send(payload)
+        except ConnectionClosed:
+            raise SessionEnded(self.record_close()) from None
+        now = time.monotonic()
+        self._emit(Frame(now - self._t0, self._probe_id, "out", (now - self.opened_at) * 1000.0, len(payload),
+                         self._redact(payload)))
+
+    # --- ending -------------------------------------------------------------------------------------------------
+    async def close(self, limit: float, code: int = 1000, reason: str = "stagewatch done") -> tuple[Closed, bool]:
+        """Our close handshake within `limit` seconds. Returns the close record and whether the server answered
+        in time; if it did not, the TCP connection is aborted (recorded as a 1006 drop after our close)."""
+        if self.closed is not None:
+            return self.closed, False
+        answered = True
+        try:
+            async with asyncio.timeout(limit):
+                await self.ws.close(code, reason)
+        except TimeoutError:
+            answered = False
+        except OSError:
+            pass
+        if not answered or self.ws.protocol.close_rcvd is None:
+            transport = self.ws.transport
+            if transport is not None and not transport.is_closing():
+                transport.abort()
+            answered = answered and self.ws.protocol.close_rcvd is not None
+        return self.record_close(), answered
+
+    def record_close(self) -> Closed:
+        """How the connection ended, from websockets' close frames (published once)."""
+        if self.closed is not None:
+            return self.closed
+        proto = self.ws.protocol
+        rcvd, sent = proto.close_rcvd, proto.close_sent
+        if rcvd is not None:
+            code, reason = rcvd.code, rcvd.reason
+        elif sent is not None and sent.code != 1000:  # we ended it for a reason (e.g. 1009 frame too big)
+            code, reason = sent.code, sent.reason or ""
+        else:
+            code, reason = 1006, ""
+        if proto.close_rcvd_then_sent is True or (rcvd is not None and sent is None):
+            by = "server"
+        elif proto.close_rcvd_then_sent is False or (sent is not None and rcvd is None):
+            by = "client"
+        else:
+            by = "none"
+        # When it happened on the wire: the peer's close frame (or the drop) as read, not when a stage noticed.
+        at = (self.ws.close_frame_at if by == "server" else None) or (self.ws.lost_at if by == "none" else None) \
+            or time.monotonic()
+        info = describe(code)
+        closed = Closed(self._clock(), self._probe_id, code, info.name, self._redact(reason), by,  # type: ignore[arg-type]
+                        (at - self.opened_at) * 1000.0,
+                        info.on_wire and (rcvd is not None or code == getattr(sent, "code", None)))
+        self.closed = closed
+        self._emit(closed)
+        return closed
