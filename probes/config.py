@@ -535,7 +535,7 @@ CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"
 
 def _check_no_literal_credentials(config: Config) -> None:
     """A credential header must come from the environment (${VAR}): a literal one would be a committed secret."""
-    sections = [("protocol.headers", config.protocol.headers)]
+    sections: list[tuple[str, Any]] = [("protocol.headers", config.protocol.headers)]
     sections += [(f"targets.{name}.protocol.headers", t.protocol.get("headers"))
                  for name, t in config.targets.items() if isinstance(t.protocol, dict)]
     for path, headers in sections:

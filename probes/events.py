@@ -103,7 +103,10 @@ class Frame(NamedTuple):
     size: int
     data: str | bytes  # text frames as str, binary as bytes; capped at FRAME_KEEP bytes
     truncated: bool = False
-    kind = "frame"
+
+    @property
+    def kind(self) -> str:  # as `kind` on the dataclass events (a NamedTuple takes no class attributes)
+        return "frame"
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,11 +160,9 @@ class Notice(Event):
 AnyEvent = Event | Frame
 
 EVENT_TYPES: dict[str, type[Any]] = {
-    cls.kind: cls
-    for cls in (
-        RunStarted, ProbeStarted, StageStarted, StageFinished, HttpExchange, WsOpened, Frame,
-        Closed, Diagnosed, ProbeFinished, RunFinished, Notice,
-    )
+    "frame": Frame,
+    **{cls.kind: cls for cls in (RunStarted, ProbeStarted, StageStarted, StageFinished, HttpExchange, WsOpened,
+                                 Closed, Diagnosed, ProbeFinished, RunFinished, Notice)},
 }
 
 _TUPLE_FIELDS = {"probes", "stages", "diagnoses"}

@@ -21,7 +21,8 @@ from .recording import Recorder
 from .redact import Redactor
 from .model import RunModel
 from .report import write_json, write_junit, write_markdown
-from .runner import Clock, RunOptions, run_queue
+from .clock import Clock
+from .runner import RunOptions, run_queue
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 

@@ -153,7 +153,7 @@ class Session:
             raise SessionEnded(self.record_close()) from None
         now = time.monotonic()
         self._emit(Frame(now - self._t0, self._probe_id, "out", (now - self.opened_at) * 1000.0, len(payload),
-                         self._redact(payload)))
+                         self._redact(payload), False))
 
     # --- ending -------------------------------------------------------------------------------------------------
     async def close(self, limit: float, code: int = 1000, reason: str = "stagewatch done") -> tuple[Closed, bool]:

@@ -157,7 +157,7 @@ def test_missing_signing_secret_is_a_config_error(tmp_path):
 
 
 def test_non_production_patterns_match_whole_host_words():
-    from tui.cli import looks_like_production
+    from probes.safety import looks_like_production
 
     patterns = ["staging", "localhost", "127.0.0.1", "[::1]", "::1", "dev", "test", "sandbox"]
     for host in ("api.staging.netrasystems.ai", "staging-api.example.com", "localhost", "127.0.0.1", "::1",
@@ -204,3 +204,19 @@ def test_fail_fast_verdict_counts_failed_and_not_run_apart(tmp_path):
     out = _stagewatch("run", "--fault", "not-ready", "--fail-fast", "--no-record", cwd=tmp_path)
     assert out.returncode == 1
     assert "1 of 6 probes failed (health at health), 5 not run (--fail-fast)" in out.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--only", "no-such-probe", "--fault", "slow-agent"], "No such option '--only'"),
+    (["--fault", "slow-agent"], "No such option '--fault'"),
+    (["--fail-fast"], "No such option '--fail-fast'"),
+    (["--max-priority", "1"], "No such option '--max-priority'"),
+    (["--expect-version", "b1"], "No such option '--expect-version'"),
+])
+def test_repro_refuses_options_it_cannot_honour(tmp_path, args, message):
+    """repro prints the target's golden path: a queue option would be silently ignored, so it is refused (exit 2)."""
+    proc = _stagewatch("repro", "--url", "http://127.0.0.1:8765", *args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert proc.stdout == ""

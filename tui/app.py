@@ -35,6 +35,7 @@ from probes.events import Event, Frame, Notice
 from probes.frames import FrameInfo, pretty
 from probes.recording import Recorder, RecordingError, Replay, read_recording
 from probes.redact import Redactor
+from probes.safety import looks_like_production
 from probes.runner import Clock, RunOptions, run_queue
 from tui.commands import StagewatchCommands
 from tui.engine import EngineThread
@@ -549,8 +550,6 @@ class StagewatchApp(App[int]):
             self._render_header()
 
     def switch_target(self, name: str) -> None:
-        from tui.cli import looks_like_production
-
         try:
             target = resolve_target(self.config, name)
         except ConfigError as exc:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 import sys
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from probes.handoff import read_handoff
 from probes.headless import EXIT_USAGE, HeadlessRequest, run_headless
 from probes.recording import default_recording_path
 from probes.runner import RunOptions
+from probes.safety import looks_like_production
 from probes.sandbox import FAULTS
 
 FAULT_CHOICE = click.Choice(list(FAULTS))
@@ -39,21 +39,6 @@ def _config(path: str | None) -> Config:
         return load_config(find_config_path(path))
     except ConfigError as exc:
         fail(str(exc))
-
-
-def looks_like_production(host: str, patterns: list[str]) -> bool:
-    """True unless a pattern names the host: an address or `localhost` must be the whole host; a word such as
-    `staging` must be a whole label or dash-separated part of one (api.staging.x, staging-api.x), so that
-    `latest-news.com` or `localhost.evil.com` do not pass for non-production."""
-    host = host.lower().strip("[]")
-    for pattern in (p.lower().strip("[]") for p in patterns):
-        if pattern == host:
-            return False
-        if pattern == "localhost" or ":" in pattern or re.fullmatch(r"[\d.]+", pattern):
-            continue  # an address or localhost names one host, never a part of another
-        if re.search(rf"(?:^|[.-]){re.escape(pattern)}(?:$|[.-])", host):
-            return False  # 'staging', 'pre-prod', 'staging.example.com' between label or dash boundaries
-    return True
 
 
 def _target(config: Config, name: str | None, url: str | None, *, allow_production: bool,
@@ -102,13 +87,27 @@ def _check_credentials(config: Config, target: ResolvedTarget, options: RunOptio
         fail(f"target {target.name!r}: {problem}; export it, or set auth.mode in the config")
 
 
+_WHERE = [
+    click.option("--config", "config_path", metavar="PATH", help="Config file (default: $STAGEWATCH_CONFIG, "
+                 "./config.yaml, then the packaged one)."),
+    click.option("--target", "-t", metavar="NAME", help="Target from the config (default: default_target)."),
+    click.option("--url", metavar="BASE_URL", help="Probe any server at this base URL with the default "
+                 "protocol (ws URL derived from it)."),
+]
+_ALLOW_PRODUCTION = click.option("--allow-production", is_flag=True,
+                                 help="Allow a target whose host looks like production.")
+
+
+def where_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Which target: for commands that do not run the queue (repro), so options they cannot honour are refused."""
+    for option in reversed([*_WHERE, _ALLOW_PRODUCTION]):
+        func = option(func)
+    return func
+
+
 def target_options(func: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed([
-        click.option("--config", "config_path", metavar="PATH", help="Config file (default: $STAGEWATCH_CONFIG, "
-                     "./config.yaml, then the packaged one)."),
-        click.option("--target", "-t", metavar="NAME", help="Target from the config (default: default_target)."),
-        click.option("--url", metavar="BASE_URL", help="Probe any server at this base URL with the default "
-                     "protocol (ws URL derived from it)."),
+        *_WHERE,
         click.option("--fault", type=FAULT_CHOICE, default="none", show_default=True,
                      help="Fault for the embedded sandbox target."),
         click.option("--expect-version", metavar="BUILD", help="Fail health when the deployed build differs."),
@@ -116,7 +115,7 @@ def target_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--only", multiple=True, metavar="ID", help="Run only this probe (repeatable)."),
         click.option("--max-priority", type=click.IntRange(0, 9), metavar="N", help="Run probes P0..PN only."),
         click.option("--insecure", is_flag=True, help="Do not verify TLS certificates."),
-        click.option("--allow-production", is_flag=True, help="Allow a target whose host looks like production."),
+        _ALLOW_PRODUCTION,
     ]):
         func = option(func)
     return func
@@ -252,17 +251,18 @@ def sandbox(host: str, port: int, fault: str, flood_count: int | None, delay: fl
 
 
 @main.command()
-@target_options
+@where_options
 @click.option("--python", "as_python", is_flag=True, help="Print a Python script instead of a websocat command.")
-def repro(config_path: str | None, target: str | None, url: str | None, fault: str, expect_version: str | None,
-          fail_fast: bool, only: tuple[str, ...], max_priority: int | None, insecure: bool, allow_production: bool,
+def repro(config_path: str | None, target: str | None, url: str | None, allow_production: bool,
           as_python: bool) -> None:
-    """Print the golden path as a websocat command (or Python script) to reproduce by hand. No token shown."""
+    """Print the golden path as a websocat command (or Python script) to reproduce by hand. No token shown.
+
+    It takes only the options it honours: queue options (--only, --fault, …) are refused, not ignored."""
     from probes.context import ws_url_for
     from probes.repro import python_script, websocat
 
     config = _config(config_path)
-    resolved = _target(config, target, url, allow_production=allow_production, insecure=insecure)
+    resolved = _target(config, target, url, allow_production=allow_production, insecure=False)
     if resolved.is_sandbox:
         fail("the embedded sandbox lives only inside a run; start `stagewatch sandbox` and use --url")
     ws = ws_url_for(resolved, resolved.base_url)
@@ -292,17 +292,17 @@ def demo(config_path: str | None, fault: str, record_path: str | None, no_record
 def replay(recording: Path, config_path: str | None, markdown: bool, as_json: bool) -> None:
     """Show a recorded session exactly as it ran (pause, step, speed), or print its report."""
     from probes.recording import RecordingError, read_recording
-    from probes.report import RunSummary, write_json, write_markdown
+    from probes.model import RunModel
+    from probes.report import write_json, write_markdown
 
     try:
         rec = read_recording(recording)
     except RecordingError as exc:
         fail(str(exc))
     if markdown or as_json:
-        summary = RunSummary()
-        for event in rec.events:
-            summary.handle(event)
-        click.echo(write_markdown(summary) if markdown else write_json(summary), nl=False)
+        model = RunModel()
+        model.apply_all(rec.events)
+        click.echo(write_markdown(model) if markdown else write_json(model), nl=False)
         return
     _open_app(_config(config_path), None, RunOptions(), None, replay=recording)
 

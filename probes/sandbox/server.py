@@ -234,7 +234,8 @@ class Sandbox:
 
     async def _agent_run(self, ws: ServerConnection, frame: dict[str, Any]) -> None:
         fault = self.fault
-        payload = frame.get("payload") if isinstance(frame.get("payload"), dict) else {}
+        given = frame.get("payload")
+        payload: dict[str, Any] = given if isinstance(given, dict) else {}
         question = str(payload.get("content", ""))
         run_id = uuid.uuid4().hex[:8]
         if fault == "error-frame":
