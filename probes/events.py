@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, NamedTuple
 
 from .evidence import StepEvidence, evidence_from_record

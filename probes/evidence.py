@@ -121,6 +121,3 @@ def evidence_from_record(record: Any) -> StepEvidence | None:
     except (TypeError, ValueError):
         return RawEvidence(fields=dict(record))
 
-
-def evidence_kinds() -> dict[str, type[StepEvidence]]:
-    return dict(_KINDS)

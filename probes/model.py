@@ -43,7 +43,6 @@ class ProbeModel:
     id: str
     name: str = ""
     priority: int = 0
-    planned: tuple[str, ...] = ()
     stages: dict[str, StageModel] = field(default_factory=dict)
     status: str = "queued"  # queued, running, pass, fail, error, skip
     duration_ms: float | None = None
@@ -60,7 +59,7 @@ class ProbeModel:
 
     # --- folding ------------------------------------------------------------------------------------------------
     def start(self, event: ProbeStarted) -> None:
-        self.name, self.priority, self.planned = event.name, event.priority, event.stages
+        self.name, self.priority = event.name, event.priority
         self.stages = {name: StageModel(name) for name in event.stages}
         self.status, self.duration_ms, self.failed_stage = "running", None, None
         self.started_t = event.t

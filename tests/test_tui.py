@@ -285,21 +285,21 @@ async def test_replay_shows_the_recording_with_pause_step_and_speed(tui_config, 
     replay = read_recording(path)
     app = StagewatchApp(tui_config, None, None, None, replay, replay_name=str(path), speed=1.0, paused=True)
     async with app.run_test(size=SIZE) as pilot:
-        assert app.replay_paused
-        before = app.replay_index
+        assert app.player.paused
+        before = app.player.index
         await pilot.press("n")
-        await wait_until(pilot, lambda: app.replay_index == before + 1)
-        before = app.replay_index
+        await wait_until(pilot, lambda: app.player.index == before + 1)
+        before = app.player.index
         await pilot.press("n")
-        await wait_until(pilot, lambda: app.replay_index == before + 1)
+        await wait_until(pilot, lambda: app.player.index == before + 1)
         await wait_until(pilot, lambda: f"event {before + 1}/{len(replay.events)}" in screen_text(app))
         assert "⏸ paused" in screen_text(app)
         await pilot.press("plus", "plus")
-        assert app.replay_speed == 4.0
+        assert app.player.speed == 4.0
         await pilot.press("minus")
-        assert app.replay_speed == 2.0
+        assert app.player.speed == 2.0
         await pilot.press("space")  # resume to the end
-        await wait_until(pilot, lambda: app.replay_done and app.state.finished is not None, timeout=10)
+        await wait_until(pilot, lambda: app.player.done and app.state.finished is not None, timeout=10)
         await pilot.pause()
         assert app.focus_probe == "golden-path"
         assert re.search(r"1000 Normal Closure — 'main cleanup' — server closed \d+ ms",
@@ -318,7 +318,7 @@ async def test_replay_of_a_truncated_recording_says_so(tui_config, tmp_path):
     assert replay.truncated
     app = StagewatchApp(tui_config, None, None, None, replay, replay_name=str(path), speed=float("inf"))
     async with app.run_test(size=SIZE) as pilot:
-        await wait_until(pilot, lambda: app.replay_done)
+        await wait_until(pilot, lambda: app.player.done)
         await pilot.pause()
         assert "truncated recording" in screen_text(app)
 

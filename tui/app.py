@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
-import math
 import os
 import sys
 import time
@@ -40,6 +39,7 @@ from probes.runner import Clock, RunOptions, run_queue
 from tui.commands import StagewatchCommands
 from tui.engine import EngineThread
 from tui.help import HelpScreen
+from tui.player import Player, speed_label
 from tui.state import SessionState
 from tui.widgets.close import ClosePanel, DiagnosisPanel, close_summary
 from tui.widgets.frames import FrameDetail, FrameList, FrameScreen
@@ -50,14 +50,8 @@ from tui.widgets.stages import StagePane
 TICK = 0.05  # seconds between screen updates (frames are batched into one update per tick)
 FRAMES_EVERY = 0.1  # while only frames arrive, the frame list is redrawn at most this often
 DETAIL_EVERY = 0.25  # and the detail of the newest frame (when following) at most this often
-SPEEDS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 10.0, 50.0, math.inf)
 SETTLE_MAX = 1.0  # at most this long after mount before the first run
-REPLAY_CHUNK = 2000  # events delivered before the replay worker yields to the UI
 GC_GEN0 = 100_000  # allocations between young-generation collections while the app runs (default 700)
-
-
-def _speed_label(speed: float) -> str:
-    return "max speed" if math.isinf(speed) else f"{speed:g}×"
 
 
 def _home(path: Path | str) -> str:
@@ -114,7 +108,6 @@ class StagewatchApp(App[int]):
                                 fault=self.options.fault, insecure=target is not None and not target.verify_tls)
         self.focus_probe: str | None = None
         self.user_pinned = False  # the user chose a probe: stop auto-focusing
-        self.events_seen = 0
         # The inbox: appended to by the engine thread (list.append is atomic), taken by the tick (slice + del).
         self._inbox: list[Event] = []
         self.engine: EngineThread | None = None
@@ -124,14 +117,7 @@ class StagewatchApp(App[int]):
         self._queue_frames_at = 0.0
         self._frames_at = 0.0
         self._detail_at = 0.0
-        # replay controls
-        self.replay_index = 0
-        self.replay_t = 0.0
-        self.replay_speed = speed
-        self.replay_paused = paused
-        self.replay_done = False
-        self._replay_wake = asyncio.Event()
-        self._replay_steps = 0
+        self.player = Player(replay.events, self._ingest, speed=speed, paused=paused) if replay is not None else None
         self._unsubscribe = self.bus.subscribe(self._inbox.append)
 
     # --- what the app is ---------------------------------------------------------------------------------
@@ -143,8 +129,8 @@ class StagewatchApp(App[int]):
         """Wall-clock time for countdowns: real time live, the recording's time in a replay."""
         if self._fixed_now is not None:
             return self._fixed_now()
-        if self.replay is not None and self.state.wall0 is not None:
-            return self.state.wall0 + self.replay_t
+        if self.player is not None and self.state.wall0 is not None:
+            return self.state.wall0 + self.player.t
         return time.time()
 
     # --- layout ------------------------------------------------------------------------------------------
@@ -203,8 +189,8 @@ class StagewatchApp(App[int]):
         self.set_interval(TICK, self._tick, name="drain")
         self.set_interval(1.0, self._refresh_clock, name="countdown")
         self.query_one("#queue", QueuePane).focus()
-        if self.replay is not None:
-            self.run_worker(self._play(self.replay.events), group="replay", exclusive=True, exit_on_error=False,
+        if self.player is not None:
+            self.run_worker(self.player.play(), group="replay", exclusive=True, exit_on_error=False,
                             name="replay")
         elif self.is_live and self.autostart:
             self.run_worker(self._start_when_settled(), group="start", exit_on_error=False, name="start")
@@ -236,7 +222,6 @@ class StagewatchApp(App[int]):
         del inbox[:n]  # the engine thread may append meanwhile: only what was taken is removed
         pending = self.state.take(arrived) if arrived else []
         changed = self.state.apply_all(pending) if pending else set()
-        self.events_seen += n
         for event in pending:
             if isinstance(event, Notice):
                 severity = {"error": "error", "warning": "warning"}.get(event.level, "information")
@@ -349,15 +334,10 @@ class StagewatchApp(App[int]):
         return moved
 
     def _render_header(self) -> None:
-        if self.replay is not None:
-            n = len(self.replay.events)
-            last = self.replay.events[-1].t if n else 0.0
-            gap = self.replay.events[self.replay_index].t - self.replay_t if self.replay_index < n else 0.0
-            waiting = f" · next event in {gap:.1f} s (+ speeds up)" if gap >= 1.0 and not self.replay_done else ""
-            self.info.replay_position = (f"event {self.replay_index:,}/{n:,} · t {self.replay_t:.2f}/{last:.2f} s"
-                                         + (" · finished" if self.replay_done else waiting))
-            self.info.replay_speed = _speed_label(self.replay_speed)
-            self.info.replay_paused = self.replay_paused
+        if self.player is not None:
+            self.info.replay_position = self.player.position()
+            self.info.replay_speed = speed_label(self.player.speed)
+            self.info.replay_paused = self.player.paused
         self.info.fail_fast = self.fail_fast
         try:
             self.query_one("#header", HeaderBar).show(self.state, self.info, self.now)
@@ -450,30 +430,21 @@ class StagewatchApp(App[int]):
         self._render_header()
 
     def action_pause(self) -> None:
-        if self.replay is not None:
-            self.replay_paused = not self.replay_paused
-            self._replay_wake.set()
+        if self.player is not None:
+            self.player.toggle_pause()
             self._render_header()
             return
         frames = self.query_one("#frames", FrameList)
         frames.set_follow(not frames.follow)
 
     def action_step(self) -> None:
-        if self.replay is None:
-            return
-        self.replay_paused = True
-        self._replay_steps += 1
-        self._replay_wake.set()
+        if self.player is not None:
+            self.player.step()
 
     def action_speed(self, direction: int) -> None:
-        if self.replay is None:
-            return
-        i = min(range(len(SPEEDS)), key=lambda k: abs(math.log(SPEEDS[k]) - math.log(self.replay_speed))
-                if not math.isinf(SPEEDS[k]) and not math.isinf(self.replay_speed) else
-                (0 if SPEEDS[k] == self.replay_speed else 99))
-        self.replay_speed = SPEEDS[max(0, min(len(SPEEDS) - 1, i + direction))]
-        self._replay_wake.set()
-        self._render_header()
+        if self.player is not None:
+            self.player.change_speed(direction)
+            self._render_header()
 
     def action_filter(self) -> None:
         box = self.query_one("#filter", Input)
@@ -577,66 +548,6 @@ class StagewatchApp(App[int]):
         self.info.fault = fault
         self.user_pinned = False
         self._start_run()
-
-    # --- replay ------------------------------------------------------------------------------------------
-    async def _play(self, events: list[Event]) -> None:
-        """The replay worker: feed events through `_ingest` at recorded pace × speed. Never touches widgets."""
-        loop = asyncio.get_running_loop()
-        n = len(events)
-        if not n:
-            self.replay_done = True
-            return
-        self.replay_t = events[0].t
-        last_real = loop.time()
-        while self.replay_index < n:
-            if self.replay_paused:
-                if self._replay_steps:
-                    self._replay_steps -= 1
-                    self._deliver_step(events)
-                    continue
-                self._replay_wake.clear()
-                await self._replay_wake.wait()
-                last_real = loop.time()
-                continue
-            now = loop.time()
-            if math.isinf(self.replay_speed):
-                self.replay_t = events[min(n - 1, self.replay_index + REPLAY_CHUNK - 1)].t
-            else:
-                self.replay_t += (now - last_real) * self.replay_speed
-            last_real = now
-            delivered = 0
-            while self.replay_index < n and events[self.replay_index].t <= self.replay_t and \
-                    delivered < REPLAY_CHUNK:
-                self._ingest(events[self.replay_index])
-                self.replay_index += 1
-                delivered += 1
-            if self.replay_index >= n:
-                break
-            if delivered >= REPLAY_CHUNK:
-                await asyncio.sleep(0)
-                continue
-            wait = (events[self.replay_index].t - self.replay_t) / self.replay_speed
-            self._replay_wake.clear()
-            try:
-                await asyncio.wait_for(self._replay_wake.wait(), min(max(wait, 0.001), 0.25))
-            except TimeoutError:
-                pass
-        self.replay_done = True
-        self.replay_t = events[-1].t
-
-    def _deliver_step(self, events: list[Event]) -> None:
-        """One step: the next event, or the whole burst of frames that comes next."""
-        n = len(events)
-        if self.replay_index >= n:
-            return
-        first = events[self.replay_index]
-        self._ingest(first)
-        self.replay_index += 1
-        if type(first) is Frame:
-            while self.replay_index < n and type(events[self.replay_index]) is Frame:
-                self._ingest(events[self.replay_index])
-                self.replay_index += 1
-        self.replay_t = events[self.replay_index - 1].t
 
 
 def run_app(config: Config, target: ResolvedTarget | None, options: RunOptions, record_path: Path | None,

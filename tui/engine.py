@@ -41,10 +41,6 @@ class EngineThread:
             sys.setswitchinterval(SWITCH_INTERVAL)
         self._thread.start()
 
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
@@ -92,10 +88,6 @@ class EngineThread:
         except asyncio.CancelledError:
             self.loop.call_soon_threadsafe(self._cancel_run, token)
             raise
-
-    def call(self, func: Any, *args: Any) -> None:
-        """Call a plain function in the engine thread (e.g. to close the recorder after the last event)."""
-        self.loop.call_soon_threadsafe(func, *args)
 
     def stop(self, timeout: float = 3.0) -> None:
         """Cancel what still runs (letting it clean up: the sandbox stops, RunFinished is published), then end."""

@@ -8,7 +8,6 @@ response excerpt).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from rich.console import Group
 from rich.text import Text
