@@ -98,7 +98,17 @@ class TappedConnection(ClientConnection):
         try:
             self.send_data()
         except Exception as exc:  # the transport is gone: connection_lost follows
-            self.set_connection_exc(exc)
+            self._note_connection_exc(exc)
+
+    def _note_connection_exc(self, exc: BaseException) -> None:
+        """Record why the connection broke (the cause of the ConnectionClosed that `recv()`/`send()` raise).
+
+        websockets >= 17.4 calls this `set_connection_exc`; 15.0-17.3 call the same "set it if not set yet"
+        `set_recv_exc`. Without either, connection_lost() still records the transport's own error.
+        """
+        setter = getattr(self, "set_connection_exc", None) or getattr(self, "set_recv_exc", None)
+        if setter is not None:
+            setter(exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.lost_at is None:

@@ -23,6 +23,7 @@ from probes.handoff import read_handoff
 from probes.headless import EXIT_USAGE, HeadlessRequest, run_headless
 from probes.recording import default_recording_path
 from probes.runner import RunOptions
+from probes.net import is_loopback
 from probes.safety import looks_like_production
 from probes.sandbox import FAULTS
 
@@ -64,7 +65,7 @@ def _expected_version(target: ResolvedTarget, given: str | None) -> str | None:
     if given:
         return given
     parts = urlsplit(target.base_url)
-    if not target.is_sandbox and parts.hostname in ("127.0.0.1", "localhost") and parts.port:
+    if not target.is_sandbox and is_loopback(parts.hostname) and parts.port:
         handoff = read_handoff(parts.port)  # a standalone sandbox says which build it released
         if handoff and isinstance(handoff.get("release_build"), str):
             return handoff["release_build"]
@@ -81,7 +82,7 @@ def _check_credentials(config: Config, target: ResolvedTarget, options: RunOptio
     needs_token = any(s.step == "auth" or (s.step == "connect" and s.token == "default")
                       for p in select_probes(config, options) for s in p.steps)
     parts = urlsplit(target.base_url)
-    loopback = parts.port if parts.hostname in ("127.0.0.1", "localhost", "::1") else None
+    loopback = parts.port if is_loopback(parts.hostname) else None
     problem = credentials_problem(target.auth, os.environ, loopback_port=loopback) if needs_token else None
     if problem:
         fail(f"target {target.name!r}: {problem}; export it, or set auth.mode in the config")
@@ -216,7 +217,7 @@ def sandbox(host: str, port: int, fault: str, flood_count: int | None, delay: fl
     if list_faults:
         click.echo(fault_help())
         return
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    if not is_loopback(host):
         fail("the sandbox listens on loopback only (127.0.0.1, localhost or ::1)")
     opts = SandboxOptions(fault=fault)
     if os.environ.get("JWT_SECRET_KEY"):
