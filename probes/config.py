@@ -108,6 +108,8 @@ class Protocol(_Model):
     subprotocol_padding: bool = False  # True reproduces the illegal padded-base64 form
     extra_subprotocols: list[str] = Field(default_factory=list)
     require_subprotocol_echo: bool = True  # browsers refuse a 101 that does not echo an offered subprotocol
+    # an upgrade answered 3xx is evidence, not followed; true: followed only to the target's own hosts
+    follow_upgrade_redirects: bool = False
     query_param: str = "token"
     type_field: str = "type"
     ready_type: str = "connection_established"

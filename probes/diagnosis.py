@@ -362,6 +362,15 @@ def _auth_rejected(f: Facts) -> list[str] | None:
     return None
 
 
+def _upgrade_redirected(f: Facts) -> list[str] | None:
+    ev = f.of(ConnectEvidence)
+    if ev is not None and f.upgrade_refused and ev.http_status is not None and 300 <= ev.http_status < 400:
+        return [f"HTTP {ev.http_status} to the upgrade request, Location: {ev.location or '(none)'}",
+                f"url: {f.url}", "not followed: the redirected request would carry the token "
+                "(subprotocol and Authorization) to wherever it points"]
+    return None
+
+
 def _no_upgrade(f: Facts) -> list[str] | None:
     if f.upgrade_refused and f.status is not None and (200 <= f.status < 400 or f.status in (404, 405, 426)):
         return [f.status_line(), f"url: {f.url}"]
@@ -538,6 +547,11 @@ RULES: tuple[RuleRow, ...] = (
     RuleRow("auth-rejected", _auth_rejected,
             "the server refused our credentials (401/403 at the upgrade, or 1008/4001/4003 after accept)",
             "check the JWT secret/issuer the backend expects, the token's claims, and the test user"),
+    RuleRow("upgrade-redirected", _upgrade_redirected,
+            "the WebSocket upgrade was answered with a redirect: a wrong URL (http→https, a trailing slash, another "
+            "host) or a proxy sending us to a login page",
+            "point the target's ws_url at the address the redirect names if it is yours, or set "
+            "protocol.follow_upgrade_redirects (followed only to the target's own hosts)"),
     RuleRow("no-upgrade", _no_upgrade,
             "the WebSocket URL did not upgrade: the path is wrong or a proxy does not pass Upgrade",
             "check protocol.ws_path and that the proxy forwards Upgrade/Connection headers"),

@@ -21,6 +21,7 @@ from .recording import Recorder
 from .redact import Redactor
 from .model import RunModel
 from .report import write_json, write_junit, write_markdown
+from .sanitize import event_visible
 from .clock import Clock
 from .runner import RunOptions, run_queue
 
@@ -50,6 +51,7 @@ class Printer:
         self.out.flush()
 
     def handle(self, e: Event) -> None:
+        e = event_visible(e)  # outside text (details, reasons, versions, names) never reaches the terminal raw
         self.model.apply(e)
         probe = self.model.probes.get(getattr(e, "probe_id", ""))
         pad = f"   {'':<14}"

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .closecodes import WHO_CLOSED, close_meaning, close_sentence
+from . import sanitize
 from .frames import classify
 from .model import ProbeModel, RunModel
 
@@ -53,7 +54,8 @@ def to_json(model: RunModel) -> dict[str, Any]:
 
 
 def write_json(model: RunModel) -> str:
-    return json.dumps(to_json(model), indent=2, ensure_ascii=False) + "\n"
+    """The JSON contract; every string made visible (a report is read in terminals and CI logs)."""
+    return json.dumps(sanitize.tree(to_json(model)), indent=2, ensure_ascii=False) + "\n"
 
 
 def failure_message(p: ProbeModel) -> str:
@@ -101,7 +103,8 @@ def write_junit(model: RunModel) -> str:
         else:
             ET.SubElement(case, "system-out").text = body
     ET.indent(suites)
-    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
+    # Control characters are not allowed in XML 1.0: made visible, the file always parses.
+    return sanitize.visible('<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n")
 
 
 _GLYPH = {"pass": "✅", "fail": "❌", "error": "⚠️", "skip": "⏭️", "running": "…"}
@@ -151,4 +154,4 @@ def write_markdown(model: RunModel) -> str:
                 arrow = "→" if f.direction == "out" else "←"
                 out.append(f"{f.ms:8.1f} ms {arrow} {f.size:6d} B  {classify(f.data).summary}")
             out += ["```", "</details>"]
-    return "\n".join(out) + "\n"
+    return sanitize.visible("\n".join(out) + "\n")

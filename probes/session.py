@@ -36,21 +36,43 @@ Message = tuple[str | None, Any, Frame]  # (protocol type, parsed JSON, the fram
 
 
 class SessionEnded(Exception):
-    """The connection ended and every message it delivered has been read."""
+    """The connection ended and every message it delivered has been read. `note`: what else the stage should
+    say (e.g. that the server never answered the close we sent)."""
 
-    def __init__(self, close: Closed) -> None:
+    def __init__(self, close: Closed, note: str = "") -> None:
         super().__init__(close.reason)
         self.close = close
+        self.note = note
 
 
-def ended_detail(close: Closed, before: str) -> str:
+def ended_detail(ended: SessionEnded | Closed, before: str) -> str:
     """A stage's one line for a connection that ended under it."""
-    return f"{close_sentence(close.code, close.reason, close.by, close.after_ms)}, before {before}"
+    close, note = (ended.close, ended.note) if isinstance(ended, SessionEnded) else (ended, "")
+    return f"{close_sentence(close.code, close.reason, close.by, close.after_ms)}, before {before}" + (
+        f"; {note}" if note else "")
+
+
+class _Connect(connect):
+    """websockets' `connect` that follows an upgrade redirect only to a host in `follow_to` (the target's own
+    hosts, and only when the config opts in); any other redirect is raised as the InvalidStatus it is, so the token
+    it would carry never leaves for a host nobody named."""
+
+    follow_to: frozenset[str] = frozenset()
+
+    def process_redirect(self, exc: Exception) -> Exception | str:
+        if not self.follow_to:
+            return exc
+        found = super().process_redirect(exc)
+        if isinstance(found, str) and (urlsplit(found).hostname or "").lower() not in self.follow_to:
+            return exc
+        return found
 
 
 async def open_connection(url: str, *, subprotocols: list[str] | None, headers: dict[str, str], open_timeout: float,
-                          close_timeout: float, max_size: int, verify_tls: bool) -> TappedConnection:
-    """The upgrade, bounded by `open_timeout`; websockets' own exceptions (InvalidStatus…) reach the caller."""
+                          close_timeout: float, max_size: int, verify_tls: bool,
+                          follow_redirects_to: frozenset[str] = frozenset()) -> TappedConnection:
+    """The upgrade, bounded by `open_timeout`; websockets' own exceptions (InvalidStatus…) reach the caller.
+    A redirect is not followed unless `follow_redirects_to` names the host it points to."""
     kwargs: dict[str, Any] = {}
     if url.startswith("wss:") and not verify_tls:
         insecure = ssl.create_default_context()
@@ -59,9 +81,11 @@ async def open_connection(url: str, *, subprotocols: list[str] | None, headers: 
         kwargs["ssl"] = insecure
     if is_loopback(urlsplit(url).hostname):
         kwargs["proxy"] = None
-    ws = await connect(url, subprotocols=subprotocols or None,  # type: ignore[arg-type]
+    opening = _Connect(url, subprotocols=subprotocols or None,  # type: ignore[arg-type]
                        additional_headers=headers, open_timeout=open_timeout, close_timeout=close_timeout,
                        max_size=max_size, create_connection=TappedConnection, **kwargs)
+    opening.follow_to = follow_redirects_to
+    ws = await opening
     assert isinstance(ws, TappedConnection)
     return ws
 
@@ -77,6 +101,7 @@ class Session:
         self.url = url
         self.opened_at = ws.accepted_at or time.monotonic()  # the 101 as read, not when we resumed
         self.closed: Closed | None = None
+        self.note = ""  # e.g. "the server never answered our close"
         self.lost = False
         self.first_seen = False
         self.other = 0  # frames of no awaited type, after the first
@@ -127,9 +152,9 @@ class Session:
             if self.inbox:
                 return self.inbox.popleft()
             if self.closed is not None:
-                raise SessionEnded(self.closed)
+                raise SessionEnded(self.closed, self.note)
             if self.lost:
-                raise SessionEnded(self.record_close())
+                raise SessionEnded(self.record_close(), self.note)
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
@@ -146,11 +171,11 @@ class Session:
     async def send_text(self, payload: str) -> None:
         """Send one text message and publish it as an outgoing frame; SessionEnded if the connection is gone."""
         if self.closed is not None:
-            raise SessionEnded(self.closed)
+            raise SessionEnded(self.closed, self.note)
         try:
             await self.ws.send(payload)
         except ConnectionClosed:
-            raise SessionEnded(self.record_close()) from None
+            raise SessionEnded(self.record_close(), self.note) from None
         now = time.monotonic()
         self._emit(Frame(now - self._t0, self._probe_id, "out", (now - self.opened_at) * 1000.0, len(payload),
                          self._redact(payload), False))
@@ -196,7 +221,10 @@ class Session:
             by = "none"
         # When it happened on the wire: the peer's close frame (or the drop) as read, not when a stage noticed.
         at = (self.ws.close_frame_at if by == "server" else None) or (self.ws.lost_at if by == "none" else None) \
-            or time.monotonic()
+            or (self.ws.failed_at if by == "client" else None) or time.monotonic()
+        if by == "client" and rcvd is None and self.ws.failed_at is not None:
+            waited = (self.ws.lost_at or time.monotonic()) - self.ws.failed_at
+            self.note = f"the server never answered our close: connection dropped {waited:.1f} s later"
         info = describe(code)
         closed = Closed(self._clock(), self._probe_id, code, info.name, self._redact(reason), by,  # type: ignore[arg-type]
                         (at - self.opened_at) * 1000.0,

@@ -27,6 +27,7 @@ class TappedConnection(ClientConnection):
     accepted_at: float | None = None  # monotonic time the handshake response was parsed
     close_frame_at: float | None = None  # monotonic time the peer's close frame was parsed
     lost_at: float | None = None  # monotonic time the TCP connection ended
+    failed_at: float | None = None  # monotonic time we failed the connection (sent a close the peer did not ask for)
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
@@ -99,6 +100,25 @@ class TappedConnection(ClientConnection):
             self.send_data()
         except Exception as exc:  # the transport is gone: connection_lost follows
             self._note_connection_exc(exc)
+        self._bound_failed_close()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.failed_at is None and self.protocol.close_sent is not None and self.protocol.close_rcvd is None \
+                and self.protocol.close_sent.code != CloseCode.NORMAL_CLOSURE:
+            self._bound_failed_close()  # websockets failed it (1009 too big, 1002 protocol error…)
+
+    def _bound_failed_close(self) -> None:
+        """We failed the connection: the peer has `close_timeout` to answer our close, then TCP is dropped (a
+        server that ignores it and keeps the socket open must not hold a stage for its whole limit)."""
+        if self.failed_at is not None:
+            return
+        self.failed_at = time.monotonic()
+        self.loop.call_later(self.close_timeout or 0.0, self._give_up)
+
+    def _give_up(self) -> None:
+        if self.protocol.close_rcvd is None and self.transport is not None and not self.transport.is_closing():
+            self.transport.abort()
 
     def _note_connection_exc(self, exc: BaseException) -> None:
         """Record why the connection broke (the cause of the ConnectionClosed that `recv()`/`send()` raise).

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from textual import on
+from textual.content import Content
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.css.query import NoMatches
@@ -35,6 +36,7 @@ from probes.frames import FrameInfo, pretty
 from probes.recording import Recorder, RecordingError, Replay, read_recording
 from probes.redact import Redactor
 from probes.safety import looks_like_production
+from probes.sanitize import one_line, visible
 from probes.runner import Clock, RunOptions, run_queue
 from tui.commands import StagewatchCommands
 from tui.engine import EngineThread
@@ -225,7 +227,7 @@ class StagewatchApp(App[int]):
         for event in pending:
             if isinstance(event, Notice):
                 severity = {"error": "error", "warning": "warning"}.get(event.level, "information")
-                self.notify(event.message, severity=severity, timeout=8)  # type: ignore[arg-type]
+                self.notify(event.message, severity=severity, timeout=8, markup=False)  # type: ignore[arg-type]
         with self.batch_update():
             if changed:
                 self.query_one("#queue", QueuePane).sync(self.state, changed)
@@ -278,8 +280,9 @@ class StagewatchApp(App[int]):
         self.query_one("#close", ClosePanel).show(probe)
         self.query_one("#diagnosis", DiagnosisPanel).show(probe)
         box = self.query_one("#stages-box")
-        box.border_title = f"Stages · {probe.id}" if probe else "Stages"
-        box.border_subtitle = probe.name if probe else ""
+        # config text: shown as Content, never parsed as markup
+        box.border_title = Content(f"Stages · {probe.id}") if probe else "Stages"
+        box.border_subtitle = Content(probe.name) if probe else ""
         close = self.query_one("#close-box")
         close.set_class(probe is not None and probe.close is not None
                         and not (probe.close.by == "client" and probe.close.code == 1000), "-bad")
@@ -320,8 +323,8 @@ class StagewatchApp(App[int]):
         if buffer is not None and buffer.total > buffer.cap:
             title += f" (last {buffer.cap:,} shown)"
         if frames.filter is not None:
-            title += f" · /{frames.filter.text} → {frames.row_count:,}"
-        box.border_title = title
+            title += f" · /{one_line(frames.filter.text)} → {frames.row_count:,}"
+        box.border_title = Content(title)  # the filter was typed: text, not markup
         if frames.follow:
             box.border_subtitle = "following · space pauses"
         else:
@@ -480,7 +483,7 @@ class StagewatchApp(App[int]):
 
     def _copy_frame(self, selected: tuple[Frame, FrameInfo, int]) -> None:
         frame, info, seq = selected
-        self.copy_to_clipboard(pretty(frame.data))
+        self.copy_to_clipboard(visible(pretty(frame.data)))  # the clipboard gets no control characters
         self.notify(f"copied frame #{seq} ({info.type or info.kind}, {frame.size:,} B)", timeout=3)
 
     def action_help(self) -> None:
@@ -516,7 +519,8 @@ class StagewatchApp(App[int]):
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.state == WorkerState.ERROR and event.worker.error is not None:
             err = event.worker.error
-            self.notify(f"{event.worker.name} failed: {type(err).__name__}: {err}", severity="error", timeout=10)
+            self.notify(one_line(f"{event.worker.name} failed: {type(err).__name__}: {err}"), severity="error", timeout=10,
+                        markup=False)
             self.state.running = False
             self._render_header()
 
@@ -524,7 +528,7 @@ class StagewatchApp(App[int]):
         try:
             target = resolve_target(self.config, name)
         except ConfigError as exc:
-            self.notify(str(exc), title="cannot switch target", severity="error", timeout=8)
+            self.notify(one_line(str(exc)), title="cannot switch target", severity="error", timeout=8, markup=False)
             return
         if not target.is_sandbox:
             from urllib.parse import urlsplit
@@ -567,6 +571,6 @@ def run_app(config: Config, target: ResolvedTarget | None, options: RunOptions, 
     elif target is None:
         sys.stderr.write("stagewatch: error: no target to probe\n")
         return 2
-    app = StagewatchApp(config, target, options, record_path, replay, replay_name=_home(replay_path or ""))
+    app = StagewatchApp(config, target, options, record_path, replay, replay_name=one_line(_home(replay_path or "")))
     app.run()
     return app.return_code or 0  # 0 after quitting; 1 if the app itself crashed (Textual printed why)

@@ -25,13 +25,14 @@ from probes.recording import default_recording_path
 from probes.runner import RunOptions
 from probes.net import is_loopback
 from probes.safety import looks_like_production
+from probes.sanitize import one_line
 from probes.sandbox import FAULTS
 
 FAULT_CHOICE = click.Choice(list(FAULTS))
 
 
 def fail(message: str) -> NoReturn:
-    click.echo(f"stagewatch: error: {message}", err=True)
+    click.echo(f"stagewatch: error: {one_line(message)}", err=True)  # may quote a config or a server
     sys.exit(EXIT_USAGE)
 
 

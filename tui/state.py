@@ -13,6 +13,7 @@ from probes.closecodes import close_meaning, close_sentence
 from probes.events import Closed, Event, Frame, ProbeStarted
 from probes.frames import FrameInfo, classify
 from probes.model import RunModel, StageModel
+from probes.sanitize import event_visible
 
 FRAME_CAP = 5000  # frames shown per probe
 FRAME_BYTES = 32 * 1024 * 1024  # frame data kept per probe for display
@@ -165,7 +166,9 @@ class SessionState(RunModel):
     # --- frames -----------------------------------------------------------------------------------------------
     def take(self, events: list[Event]) -> list[Event]:
         """Move the frames among `events` (in arrival order) into their probes' buffers — only the last `cap` of a
-        burst are kept — and return the other events, for `apply_all`. Cost: C-speed per frame, Python per burst."""
+        burst are kept — and return the other events, for `apply_all`, with every string they carry made visible
+        (the app's one boundary for outside text; frames are made visible where they are drawn). Cost: C-speed per
+        frame, Python per burst."""
         others: list[Event] = []
         for kind, group in groupby(events, type):
             if kind is Frame:
@@ -173,7 +176,7 @@ class SessionState(RunModel):
                 # Frames of two probes are never adjacent: ProbeFinished/ProbeStarted come between them.
                 self.buffer(frames[0].probe_id).extend(frames, len(frames))
             else:
-                for event in group:
+                for event in map(event_visible, group):
                     if isinstance(event, ProbeStarted):
                         self.frames[event.probe_id] = FrameBuffer()  # a probe (re)starts: its frames start afresh
                     elif isinstance(event, Closed):

@@ -36,6 +36,7 @@ class ConnectEvidence(StepEvidence):
     response_headers: dict[str, str] = field(default_factory=dict)
     body: str = ""  # of a refused upgrade
     date: str | None = None  # the server's Date header (clock skew)
+    location: str | None = None  # where a redirect answering the upgrade pointed (not followed)
     echo: EchoCheck | None = None
     negotiation: str = ""
     handshake_error: str = ""
@@ -106,7 +107,9 @@ class Connect(StepKind):
         try:
             ws = await open_connection(url, subprotocols=subprotocols, headers=headers, open_timeout=upgrade,
                                        close_timeout=ctx.timeouts.close, max_size=p.max_frame_bytes,
-                                       verify_tls=ctx.run.target.verify_tls)
+                                       verify_tls=ctx.run.target.verify_tls,
+                                       follow_redirects_to=ctx.run.allowed_hosts if p.follow_upgrade_redirects
+                                       else frozenset())
         except InvalidStatus as exc:
             r = exc.response
             ev.http_status = r.status_code
@@ -117,8 +120,11 @@ class Connect(StepKind):
                 return f"refused with HTTP {r.status_code} {r.reason_phrase} (as required)", ev
             if r.status_code in (401, 403) and token:
                 ev.echo = await ctx.echo_check(deadline - time.monotonic())
-            raise StageFailed(f"HTTP {r.status_code} {r.reason_phrase} instead of 101 Switching Protocols",
-                              evidence=ev) from None
+            detail = f"HTTP {r.status_code} {r.reason_phrase} instead of 101 Switching Protocols"
+            if 300 <= r.status_code < 400:
+                ev.location = ctx.redact(first_header(r.headers, "Location") or "")
+                detail += f" → {ev.location or '(no Location)'} (not followed: it would carry the token)"
+            raise StageFailed(detail, evidence=ev) from None
         except NegotiationError as exc:
             ev.negotiation = str(exc)
             raise StageFailed(f"handshake refused by the client: {exc}", evidence=ev) from None

@@ -79,7 +79,7 @@ class Expect(StepKind):
             if strict and ("Authorization" in ctx.sent_headers or "Sec-WebSocket-Protocol" in ctx.sent_headers):
                 # the close came before the limit: what is left of it bounds the echo check
                 ev.echo = await ctx.echo_check(min(ctx.timeouts.http, limit - (time.monotonic() - start)))
-            raise StageFailed(ended_detail(ended.close, wanted[0]), evidence=ev) from None
+            raise StageFailed(ended_detail(ended, wanted[0]), evidence=ev) from None
 
     async def _response(self, ctx: ProbeContext, limit: float) -> tuple[str, ExpectEvidence]:
         p = ctx.protocol
@@ -106,7 +106,7 @@ class Expect(StepKind):
             raise StageFailed(f"no response text within {limit:g} s ({seen}; looked at {looked})",
                               evidence=ExpectEvidence(empty_response=True)) from None
         except SessionEnded as ended:
-            raise StageFailed(ended_detail(ended.close, "a response arrived"),
+            raise StageFailed(ended_detail(ended, "a response arrived"),
                               evidence=ExpectEvidence(closed=True)) from None
 
     @staticmethod

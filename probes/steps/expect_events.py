@@ -84,7 +84,7 @@ class ExpectEvents(StepKind):
             raise StageFailed(f"no {final} within {limit:g} s (got: {got})",
                               evidence=progress(timeout=True, error="timeout", waited_ms=ms_since(start))) from None
         except SessionEnded as ended:
-            raise StageFailed(ended_detail(ended.close, final), evidence=progress(closed=True)) from None
+            raise StageFailed(ended_detail(ended, final), evidence=progress(closed=True)) from None
         other += session.other - other_before
         ev = progress()
         if ev.missing:

@@ -36,7 +36,7 @@ class Send(StepKind):
             async with asyncio.timeout(limit):  # a peer that stops reading fills the buffers: the send waits
                 await session.send_text(payload)
         except SessionEnded as ended:
-            raise StageFailed(ended_detail(ended.close, "the message was sent"),
+            raise StageFailed(ended_detail(ended, "the message was sent"),
                               evidence=SendEvidence(closed=True)) from None
         except TimeoutError:
             raise StageFailed(f"the message could not be written within {limit:g} s (the server is not reading)",

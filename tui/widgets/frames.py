@@ -10,7 +10,6 @@ buffer) and the border counts "N new". `FrameDetail` shows the selected frame pr
 from __future__ import annotations
 
 import bisect
-import re
 from dataclasses import dataclass
 
 from rich.segment import Segment
@@ -30,10 +29,10 @@ from textual.widgets import Static
 
 from probes.events import Frame
 from probes.frames import FrameInfo, pretty
+from probes.sanitize import visible
 from tui.state import FrameBuffer, fmt_ms
 
 ARROWS = {"in": "↓", "out": "↑", "close": "✕"}
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _UNSET = object()
 SCAN_LIMIT = 20_000  # frames a filter looks at per tick (a flood only shows its tail anyway)
 
@@ -394,7 +393,7 @@ class FrameDetail(VerticalScroll):
         head = f"{arrow} {said} {ms} after accept" + (f" · {size} · {kind}" if size else "")
         if frame.truncated:
             head += f" · truncated: kept {len(frame.data):,} of {frame.size:,} B"
-        self.text = _CONTROL.sub("\ufffd", pretty(frame.data))  # a frame must not drive the terminal
+        self.text = visible(pretty(frame.data))  # a frame must not drive the terminal
         shown = highlight(self.text, language="json") if info.kind == "json" else Content(self.text)
         content = Content.assemble(Content.styled(head, "bold $text-accent"), "\n\n", shown)
         lines = len(content.wrap(max(10, body.size.width or 60)))
