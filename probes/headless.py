@@ -1,12 +1,13 @@
 """Headless mode (`stagewatch run`): one line per stage as it happens, diagnoses after the failing stage, a
 verdict line, reports, and exit codes that are a contract: 0 all passed, 1 a probe failed, 2 config/usage error,
-130 interrupted. Results go to stdout, problems to stderr.
+130 interrupted (Ctrl-C), 143 SIGTERM, 129 SIGHUP — each still writes the reports. Results go to stdout, problems to stderr.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from .clock import Clock
 from .runner import RunOptions, run_queue
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 class Printer:
@@ -127,6 +129,45 @@ def _write(path: Path, text: str) -> None:
         sys.stderr.write(f"stagewatch: warning: cannot write {path}: {exc.strerror or exc}\n")
 
 
+class _Stopped(Exception):
+    """SIGTERM or SIGHUP ended the run (as Ctrl-C does): the reports are still written."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+async def _stoppable(req: HeadlessRequest, summary: RunModel, recorders: list[Recorder]) -> int:
+    """`_run`, ended like Ctrl-C by SIGTERM (CI runners, `timeout`) or SIGHUP (a closed terminal)."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    received: list[int] = []
+
+    def stop(signum: int) -> None:
+        if not received:
+            received.append(signum)
+            task.cancel()
+
+    for signum in STOP_SIGNALS:
+        try:
+            loop.add_signal_handler(signum, stop, signum)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no such signal here
+            pass
+    try:
+        return await _run(req, summary, recorders)
+    except asyncio.CancelledError:
+        if received:
+            raise _Stopped(received[0]) from None
+        raise
+    finally:
+        for signum in STOP_SIGNALS:
+            try:
+                loop.remove_signal_handler(signum)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass
+
+
 async def _run(req: HeadlessRequest, summary: RunModel, recorders: list[Recorder]) -> int:
     bus = EventBus()
     clock = Clock()
@@ -167,10 +208,13 @@ def run_headless(req: HeadlessRequest) -> int:
     summary = RunModel()
     recorders: list[Recorder] = []
     try:
-        code = asyncio.run(_run(req, summary, recorders))
+        code = asyncio.run(_stoppable(req, summary, recorders))
     except KeyboardInterrupt:
         sys.stderr.write("stagewatch: interrupted\n")
         code = EXIT_INTERRUPTED  # the reports below still say what ran before the interrupt
+    except _Stopped as stopped:
+        sys.stderr.write(f"stagewatch: stopped by {stopped}\n")
+        code = 128 + stopped.signum  # 143 for SIGTERM, 129 for SIGHUP, as shells report them
     if req.json_path:
         _write(req.json_path, write_json(summary))
     if req.junit_path:

@@ -171,8 +171,13 @@ def test_non_production_patterns_match_whole_host_words():
     assert looks_like_production("xstaging.example.com", ["staging.example.com"])
 
 
-def test_interrupted_run_exits_130_and_still_writes_its_reports(tmp_path):
+@pytest.mark.parametrize("signame,code", [("SIGINT", 130), ("SIGTERM", 143), ("SIGHUP", 129)])
+def test_interrupted_run_exits_130_and_still_writes_its_reports(tmp_path, signame, code):
+    """Ctrl-C, SIGTERM (CI runners, `timeout`) and SIGHUP (a closed terminal) all end the run with its reports
+    written, the recording flushed and the writer process reaped."""
     import signal
+
+    import psutil
 
     proc = subprocess.Popen([*STAGEWATCH, "run", "--fault", "slow-agent", "--json", "r.json", "--junit", "r.xml",
                              "--markdown", "r.md", "--record", "r.jsonl"], cwd=tmp_path, env=_env(PYTHONPATH=str(ROOT)),
@@ -182,9 +187,11 @@ def test_interrupted_run_exits_130_and_still_writes_its_reports(tmp_path):
         if "golden-path" in line and "message" in line:
             break
     time.sleep(0.3)
-    proc.send_signal(signal.SIGINT)
+    writers = [c for c in psutil.Process(proc.pid).children(recursive=True) if "probes.recwriter" in " ".join(c.cmdline())]
+    proc.send_signal(getattr(signal, signame))
     out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130, err
+    assert proc.returncode == code, err
+    assert writers and not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in writers)
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["verdict"] == "interrupted"
     statuses = {p["id"]: p["status"] for p in report["probes"]}
