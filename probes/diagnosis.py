@@ -237,6 +237,12 @@ def _closed_during_run(f: Facts) -> list[str] | None:
     return [f.close_line(c), f"during stage {f.failed.name}, after {f.protocol.ready_type}", f.frames_line()]
 
 
+def _body_too_large(f: Facts) -> list[str] | None:
+    if f.step == "http" and f.error in ("bomb", "too-large"):
+        return [f.failed_line, f"url: {f.url}"]
+    return None
+
+
 def _dns_or_refused(f: Facts) -> list[str] | None:
     if f.error in ("dns", "refused", "reset"):
         return [f.failed_line, f"url: {f.url}"]
@@ -511,6 +517,9 @@ RULES: tuple[RuleRow, ...] = (
             "check the URL and port, that the service is deployed, and DNS from this network"),
     RuleRow("tls-error", _tls_error, "the TLS handshake failed (certificate or protocol)",
             "check the certificate chain and hostname; --insecure only to confirm it is TLS"),
+    RuleRow("body-too-large", _body_too_large,
+            "the HTTP answer was larger than 1 MiB once decoded (a decompression bomb if it inflated from a few KiB)",
+            "check what serves this path: a health endpoint answers a few hundred bytes; a bomb is hostile"),
     RuleRow("upgrade-dropped", _upgrade_dropped,
             "the server or a proxy closed the TCP connection without answering the upgrade request",
             "check the proxy/load balancer logs and that the backend process is up and not crashing on connect"),

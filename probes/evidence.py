@@ -24,7 +24,7 @@ class StepEvidence:
     """What one stage saw. The fields every kind shares: why it failed in a word, and how it ended."""
 
     kind: ClassVar[str] = ""
-    error: str = ""  # a category: timeout, dns, refused, reset, tls, dropped, too-large, http, os, internal
+    error: str = ""  # a category: timeout, dns, refused, reset, tls, dropped, too-large, bomb, http, os, internal
     timeout: bool = False  # the stage ran out of its announced limit
     closed: bool = False  # the connection closed under the stage
     blocked: bool = False  # the stage would have contacted a host outside the target

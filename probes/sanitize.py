@@ -74,4 +74,4 @@ def event_visible(event: T) -> T:
             continue
         if clean != value:
             changes[f.name] = clean
-    return dataclasses.replace(event, **changes) if changes else event  # type: ignore[type-var]
+    return dataclasses.replace(event, **changes) if changes else event

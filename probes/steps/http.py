@@ -14,7 +14,7 @@ from ..context import ProbeContext, StageFailed
 from ..events import HttpExchange
 from ..evidence import StepEvidence
 from ..frames import get_path, parse_json
-from ..net import BODY_KEEP, BodyTooLarge, bounded_request, http_error, ms_since
+from ..net import BODY_KEEP, BodyBomb, BodyTooLarge, bounded_request, http_error, ms_since
 from .base import StepKind
 
 
@@ -80,9 +80,10 @@ class Http(StepKind):
         try:
             resp = await bounded_request(ctx.run.http, "GET", url, limit, headers=dict(ctx.protocol.headers))
         except BodyTooLarge as exc:
+            error = "bomb" if isinstance(exc, BodyBomb) else "too-large"
             ctx.emit(HttpExchange(ctx.t(), ctx.probe_id, step.name, "GET", url, exc.status, {}, "", ms_since(start),
-                                  f"too-large: {exc}"))
-            raise StageFailed(f"GET {where}: {exc}", evidence=HttpEvidence(error="too-large", url=url)) from None
+                                  f"{error}: {exc}"))
+            raise StageFailed(f"GET {where}: {exc}", evidence=HttpEvidence(error=error, url=url)) from None
         except httpx.HTTPError as exc:
             kind, text = http_error(exc, limit)
             ctx.emit(HttpExchange(ctx.t(), ctx.probe_id, step.name, "GET", url, None, {}, "", ms_since(start),
