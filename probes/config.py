@@ -5,6 +5,11 @@ names the file, line and field ("config.yaml:12: protocol.wspath: unknown key (d
 Syntax errors, duplicate keys and absurd nesting are ConfigErrors too, never tracebacks. A target's protocol,
 auth and timeouts overrides are checked when the file is loaded, except values that hold a `${VAR}`.
 
+Loading is bounded: a file over 1 MiB is refused before it is read, and a document of more than 20,000 YAML
+nodes, counted with every alias expanded (a "billion laughs" bomb is a few lines), is refused before it is
+built. A ConfigError's message is always one line with control characters shown as escapes (`\\x1b`), since it
+may quote the file.
+
 `${VAR}` references are resolved from the environment only when a target is selected (`resolve_target`), so a
 missing variable for an unused target is not an error. Resolving also checks every URL (scheme, host, port, no
 credentials in it) and that an auth endpoint, which receives a credentials request, is on one of the target's
@@ -24,7 +29,11 @@ from typing import Any, Literal, get_origin
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
+from yaml.error import Mark, MarkedYAMLError
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from .sanitize import one_line
 
 SANDBOX = "sandbox"  # base_url value meaning: start the embedded sandbox
 _HEADER_NAME_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -33,7 +42,11 @@ _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 class ConfigError(Exception):
-    """A user error in configuration: the message is one line, fit to print as it is."""
+    """A user error in configuration: the message is one line, fit to print as it is (it may quote the file, so
+    control characters, line breaks included, are made visible here)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(_short(one_line(message), 1000))
 
 
 class LocatedError(ValueError):
@@ -435,28 +448,95 @@ def find_config_path(explicit: str | None = None, env: Mapping[str, str] | None 
     return local if local.is_file() else None
 
 
+MAX_CONFIG_BYTES = 2**20  # a real config is a few KiB
+MAX_CONFIG_NODES = 20_000  # YAML nodes (keys and values), each alias counted as all it stands for; the packaged
+# config has ~330. Pure-Python PyYAML takes ~25 µs a node, so this also keeps a refusal well under a second.
+_LIMIT = f"over the {MAX_CONFIG_BYTES // 2**20} MiB limit for a config"
+
+
+def _size_text(size: int) -> str:
+    mib = f"{size / 2**20:.1f}"
+    return f"{size:,} bytes" if mib == "1.0" else f"{mib} MiB"
+
+
 def load_config(path: str | Path | None = None) -> Config:
     """Load and validate a config file (None: the packaged default). Raises ConfigError."""
     if path is None:
         return parse_config(packaged_config_text(), "<packaged config.yaml>")
     p = Path(path)
+    return parse_config(_read_config(p), str(p))
+
+
+def _read_config(p: Path) -> str:
+    """The text of a config file. Its size is checked before it is read, and at most 1 MiB + 1 byte is read (a
+    file that grows, a pipe or a device has no trustworthy size)."""
     try:
-        text = p.read_text(encoding="utf-8")
+        with p.open("rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            if size > MAX_CONFIG_BYTES:
+                raise ConfigError(f"{p}: {_size_text(size)} is {_LIMIT}")
+            data = file.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"{p}: config file not found") from None
     except IsADirectoryError:
         raise ConfigError(f"{p}: is a directory, not a config file") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{p}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read config: {exc.strerror or exc}") from None
-    return parse_config(text, str(p))
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{p}: is {_LIMIT}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        before = data[:exc.start].decode("utf-8")
+        line, column = _line_column(before, len(before))
+        raise ConfigError(f"{p}: not UTF-8 text (byte {exc.start}, line {line}, column {column}: "
+                          f"{exc.reason})") from None
+
+
+_LINE_BREAK = re.compile("\r\n|[\n\r\x85\u2028\u2029]")  # what YAML counts as a line break
+
+
+def _line_column(text: str, index: int) -> tuple[int, int]:
+    """1-based line and column of character `index` of `text` (`index` may be len(text))."""
+    line, start = 1, 0
+    for match in _LINE_BREAK.finditer(text, 0, index):
+        line, start = line + 1, match.end()
+    return line, index - start + 1
+
+
+class _Refused(MarkedYAMLError):
+    """A document the loader will not build (a duplicate key, an alias bomb, an invalid value): `problem` is the
+    whole message after 'file:line: '."""
+
+    def __init__(self, problem: str, mark: Mark | None) -> None:
+        super().__init__(problem=problem, problem_mark=mark)
 
 
 class _LineLoader(yaml.SafeLoader):
-    """SafeLoader that remembers the line of every mapping key and refuses duplicate keys."""
+    """SafeLoader that remembers the line of every mapping key, refuses duplicate keys, stops composing past
+    MAX_CONFIG_NODES nodes and turns a constructor's exception (2024-13-45, !!int x, !!bool x) into a located
+    error."""
 
     key_lines: dict[int, tuple[dict[str, int], int]]
+    nodes = 0
+
+    def compose_node(self, parent: Node | None, index: int) -> Node | None:
+        self.nodes += 1
+        if self.nodes > MAX_CONFIG_NODES:
+            raise _Refused(f"the config has more than {MAX_CONFIG_NODES:,} YAML keys and values",
+                           self.peek_event().start_mark)  # type: ignore[no-untyped-call]  # (untyped in the stubs)
+        return super().compose_node(parent, index)
+
+    def construct_object(self, node: Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (yaml.YAMLError, RecursionError):
+            raise
+        except Exception as exc:  # PyYAML's scalar constructors raise ValueError, KeyError, AttributeError…
+            kind = str(node.tag).rsplit(":", 1)[-1]
+            shown = f" {_got(node.value)}" if isinstance(node, ScalarNode) else ""
+            reason = f": {str(exc).splitlines()[0]}" if isinstance(exc, ValueError) and str(exc) else ""
+            raise _Refused(f"invalid {kind}{shown}{reason}", node.start_mark) from None
 
 
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[Any, Any]:
@@ -469,11 +549,10 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[Any,
         try:
             duplicate = key in mapping
         except TypeError:  # an unhashable key such as a list
-            raise yaml.constructor.ConstructorError(None, None, "a mapping key must be a plain value",
-                                                    key_node.start_mark) from None
+            raise _Refused("YAML syntax error: a mapping key must be a plain value", key_node.start_mark) from None
         if duplicate:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r} (first at line {lines[str(key)]})", key_node.start_mark)
+            raise _Refused(f"YAML syntax error: duplicate key {_got(key)} (first at line {lines[str(key)]})",
+                           key_node.start_mark)
         mapping[key] = loader.construct_object(value_node, deep=True)
         lines[str(key)] = line
     loader.key_lines[id(mapping)] = (lines, node.start_mark.line + 1)
@@ -485,32 +564,88 @@ _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _con
 _MAX_NESTING = "the config is nested too deeply"
 
 
+def _children(node: Node) -> list[Node]:
+    if isinstance(node, SequenceNode):
+        return list(node.value)
+    if isinstance(node, MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
+def _check_expansion(root: Node) -> None:
+    """Refuse a node graph that contains itself, or that has more than MAX_CONFIG_NODES nodes once every alias is
+    expanded. PyYAML shares an aliased node, but merge keys, the line pass and validation walk it once per use,
+    so nine lines of anchors and aliases (the "billion laughs") would take forever. Iterative, in linear time."""
+    sizes: dict[int, int] = {}  # id(node) -> its expanded size
+    open_nodes: set[int] = set()  # the node being sized and its ancestors
+    stack: list[tuple[Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if children_done:
+            open_nodes.discard(id(node))
+            size = 1 + sum(sizes[id(child)] for child in _children(node))
+            if size > MAX_CONFIG_NODES:
+                raise _Refused(f"YAML aliases expand the config to more than {MAX_CONFIG_NODES:,} keys and values "
+                               "(an alias bomb?)", node.start_mark)
+            sizes[id(node)] = size
+        elif id(node) not in sizes:
+            open_nodes.add(id(node))
+            stack.append((node, True))
+            for child in _children(node):
+                if id(child) in open_nodes:
+                    raise _Refused("a YAML alias refers to a node that contains it", child.start_mark)
+                if id(child) not in sizes:
+                    stack.append((child, False))
+
+
+def _yaml_message(exc: yaml.YAMLError, text: str, source: str) -> str:
+    """One line for a YAML error: 'file:line: YAML syntax error: what YAML says (column C)'."""
+    if isinstance(exc, _Refused):
+        mark = exc.problem_mark
+        return f"{source}{f':{mark.line + 1}' if mark else ''}: {exc.problem}"
+    if isinstance(exc, yaml.reader.ReaderError):  # a control character (NUL, ESC…) anywhere in the text
+        line, column = _line_column(text, int(exc.position))
+        return f"{source}:{line}: YAML syntax error: {str(exc).splitlines()[0]} (column {column})"
+    if isinstance(exc, MarkedYAMLError) and exc.problem and exc.problem_mark:
+        mark, context = exc.problem_mark, exc.context_mark
+        where = f"column {mark.column + 1}"
+        if exc.context and context is not None and (context.line, context.column) != (mark.line, mark.column):
+            where += f"; {exc.context} at line {context.line + 1}, column {context.column + 1}"
+        return f"{source}:{mark.line + 1}: YAML syntax error: {exc.problem.splitlines()[0]} ({where})"
+    return f"{source}: YAML syntax error: {(str(exc).splitlines() or [type(exc).__name__])[0]}"
+
+
 def _load_yaml(text: str, source: str) -> tuple[Any, dict[int, tuple[dict[str, int], int]]]:
     """The YAML document and its key lines; one-line ConfigError for any syntax problem."""
-    loader = _LineLoader(text)
-    loader.key_lines = {}
+    loader: _LineLoader | None = None
     try:
-        return loader.get_single_data(), loader.key_lines
+        loader = _LineLoader(text)  # the reader refuses control characters here
+        loader.key_lines = {}
+        node = loader.get_single_node()
+        if node is None:
+            return None, loader.key_lines
+        _check_expansion(node)
+        return loader.construct_document(node), loader.key_lines
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{source}{line}: YAML syntax error: {problem}") from None
+        raise ConfigError(_yaml_message(exc, text, source)) from None
     except RecursionError:
         raise ConfigError(f"{source}: {_MAX_NESTING}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def parse_config(text: str, source: str) -> Config:
     """Validate YAML text as a Config. Raises ConfigError naming `source`, the line and the field."""
+    if len(text) > MAX_CONFIG_BYTES:  # characters: fewer than its UTF-8 bytes
+        raise ConfigError(f"{source}: is {_LIMIT}")
     data, key_lines = _load_yaml(text, source)
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}:1: the config must be a mapping (key: value), not {type(data).__name__}")
-    lines = _path_lines(data, key_lines)
     try:
+        lines = _path_lines(data, key_lines)
         config = Config.model_validate({**data, "source": source})
     except ValidationError as exc:
         err = exc.errors()[0]
@@ -519,7 +654,7 @@ def parse_config(text: str, source: str) -> Config:
         if isinstance(cause, LocatedError):
             loc = [p for p in loc if p != "__root__"] + list(cause.loc)
         line = _line_of(data, loc, key_lines)
-        field = ".".join(str(p) for p in loc) or "(top level)"
+        field = ".".join(_short(str(p)) for p in loc) or "(top level)"
         message = _message(err)
         if err.get("type") == "extra_forbidden":
             message += _suggest(str(loc[-1]), _known_keys(Config, loc[:-1]))
@@ -527,8 +662,11 @@ def parse_config(text: str, source: str) -> Config:
     except RecursionError:
         raise ConfigError(f"{source}: {_MAX_NESTING}") from None
     config._lines.update(lines)
-    _check_target_overrides(config)
-    _check_no_literal_credentials(config)
+    try:
+        _check_target_overrides(config)
+        _check_no_literal_credentials(config)
+    except RecursionError:
+        raise ConfigError(f"{source}: {_MAX_NESTING}") from None
     return config
 
 
@@ -597,6 +735,10 @@ def _suggest(key: str, known: list[str]) -> str:
     if close:
         return f" (did you mean {close[0]!r}?)"
     return f" (known keys: {', '.join(known)})" if 0 < len(known) <= 8 else ""
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _got(value: Any) -> str:
