@@ -29,7 +29,8 @@ import psutil
 from probes.bus import EventBus
 from probes.config import Config, ResolvedTarget, Timeouts, load_config, resolve_target
 from probes.recording import Recorder
-from probes.report import RunSummary, write_json
+from probes.model import RunModel
+from probes.report import write_json
 from probes.clock import Clock
 from probes.runner import RunOptions, run_queue
 from probes.sandbox import FAULTS, SandboxOptions
@@ -70,8 +71,8 @@ async def one_run(config: Config, target: ResolvedTarget, fault: str, flood: int
     """One headless-style session (summary, recorder, JSON report) with `fault` on; returns the verdict."""
     bus = EventBus()
     clock = Clock()
-    summary = RunSummary()
-    bus.subscribe(summary.handle)
+    summary = RunModel()  # the fold `stagewatch run` reports from
+    bus.subscribe(summary.apply)
     path = workdir / f"soak-{fault}.jsonl"
     recorder = Recorder(path, wall0=clock.wall, notify=bus.publish, offload=True)  # as the app and `run` record
     bus.subscribe(recorder.handle)

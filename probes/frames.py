@@ -10,9 +10,18 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 SUMMARY_CHARS = 120
 _PARSE_LIMIT = 256 * 1024  # larger text frames are not parsed for display
 _JSON_START = re.compile(r"[ \t\r\n]*[\[{]")  # an object or array, without copying the text
+# orjson reads ASCII JSON 2-4x faster than json.loads, with the same values, except integers past 64 bits (it
+# makes them floats: a run of 19 digits sends the text to json.loads). Non-ASCII text and long text go to json.loads
+# directly: there orjson's UTF-8 conversion (or the digit check) costs more than it saves.
+_FAST_MAX = 4096
+_DIGITS_AS_0 = bytes.maketrans(b"123456789", b"000000000")
+_LONG_INT = b"0" * 19
+_loads = orjson.loads
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +37,13 @@ def parse_json(data: str | bytes) -> Any:
     nesting and oversized numbers all give None)."""
     if not isinstance(data, str) or not _JSON_START.match(data):
         return None
+    if len(data) <= _FAST_MAX and data.isascii():
+        raw = data.encode("ascii")
+        if _LONG_INT not in raw.translate(_DIGITS_AS_0):
+            try:
+                return _loads(raw)
+            except (ValueError, MemoryError):  # what orjson refuses but Python reads (NaN, 1e400, "\\ud800"
+                pass  # escapes, deep nesting) or what nothing reads: json.loads has the last word
     try:
         return json.loads(data)
     except (ValueError, RecursionError, MemoryError):
