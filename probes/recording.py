@@ -33,7 +33,11 @@ import platformdirs
 from .events import (AnyEvent, Closed, Event, Frame, Notice, ProbeFinished, RunFinished, StageFinished,
                      StageStarted, from_record, to_record)
 from .redact import Redactor
+from .steps import kinds as _register_step_kinds  # evidence records come back typed
 
+_register_step_kinds()
+
+RECORDING_VERSION = 2  # 2: a header line, typed stage evidence ({"kind": …}); 1: no header, evidence as a dict
 FLUSH_INTERVAL = 0.1
 FLUSH_BYTES = 1 << 20  # also hand a batch to the OS once this much is buffered (floods of large frames)
 # What a buffered frame counts for besides its size (the Frame and its objects): a flood of small frames goes out
@@ -335,6 +339,13 @@ class Recorder:
                 os.fchmod(fd, 0o600)
         except OSError as exc:
             self._fail(f"cannot record to {self.path}: {exc.strerror or exc}")
+            return
+        # the header line: first in the file, written with the first batch
+        header = json.dumps({"type": "recording", "format": "stagewatch", "version": RECORDING_VERSION,
+                             "wall0": self.wall0}) + "\n"
+        self._line_at.append(len(self._buf))
+        self._buf.append(header)
+        self._buffered += len(header)
 
     def _fail(self, message: str) -> None:
         self.error = message
@@ -487,6 +498,7 @@ class Recorder:
 @dataclass
 class Replay:
     events: list[Event] = field(default_factory=list)
+    version: int = 1  # the format version its header line names (1: a recording from before the header)
     skipped: int = 0  # malformed lines in the middle
     truncated: bool = False  # the last line was cut short (the recorder died mid-write)
 
@@ -519,6 +531,10 @@ def read_recording(path: str | Path) -> Replay:
             if not isinstance(record, dict):
                 raise ValueError("not an object")
             record.pop("wall_ts", None)
+            if record.get("type") == "recording":  # the header line
+                version = record.get("version")
+                replay.version = version if isinstance(version, int) else 0
+                continue
             replay.events.append(from_record(record))
         except (ValueError, UnicodeDecodeError):
             if number == last:

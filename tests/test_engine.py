@@ -242,3 +242,22 @@ async def test_an_interrupted_run_says_how_each_probe_ended(fast_config):
     skipped = {e.detail for e in events if isinstance(e, StageFinished) and e.probe_id == "reconnect"}
     assert skipped == {"not run: the run was interrupted"}
     assert isinstance(events[-1], RunFinished) and events[-1].verdict == "interrupted"
+
+
+def test_a_recording_names_its_format_and_older_ones_still_replay(tmp_path: Path):
+    """Version 2 starts with a header line; a version 1 recording (no header, evidence as a free dict) replays
+    with its evidence kept raw."""
+    from probes.evidence import RawEvidence
+
+    path = tmp_path / "v2.jsonl"
+    recorder = Recorder(path, wall0=1000.0)
+    recorder.handle(StageFinished(0.1, "p", "s", "pass", 1.0, "ok"))
+    recorder.close()
+    header = json.loads(path.read_text().splitlines()[0])
+    assert header == {"type": "recording", "format": "stagewatch", "version": 2, "wall0": 1000.0}
+    assert read_recording(path).version == 2
+    old = tmp_path / "v1.jsonl"
+    old.write_text(json.dumps({"type": "stage_finished", "t": 0.1, "probe_id": "p", "stage": "s", "status": "fail",
+                               "duration_ms": 1.0, "detail": "x", "evidence": {"http_status": 401}}) + "\n")
+    replay = read_recording(old)
+    assert replay.version == 1 and isinstance(replay.events[0].evidence, RawEvidence)

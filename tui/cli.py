@@ -293,7 +293,7 @@ def demo(config_path: str | None, fault: str, record_path: str | None, no_record
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report of the recording instead.")
 def replay(recording: Path, config_path: str | None, markdown: bool, as_json: bool) -> None:
     """Show a recorded session exactly as it ran (pause, step, speed), or print its report."""
-    from probes.recording import RecordingError, read_recording
+    from probes.recording import RECORDING_VERSION, RecordingError, read_recording
     from probes.model import RunModel
     from probes.report import write_json, write_markdown
 
@@ -301,6 +301,9 @@ def replay(recording: Path, config_path: str | None, markdown: bool, as_json: bo
         rec = read_recording(recording)
     except RecordingError as exc:
         fail(str(exc))
+    if rec.version > RECORDING_VERSION:
+        click.echo(f"stagewatch: warning: {one_line(str(recording))} is a version {rec.version} recording (this "
+                   f"stagewatch reads version {RECORDING_VERSION}); showing what it can", err=True)
     if markdown or as_json:
         model = RunModel()
         model.apply_all(rec.events)
