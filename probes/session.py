@@ -95,7 +95,8 @@ class Session:
     `take_frame` is the hot path for a received frame (fold + publish, without type tests)."""
 
     def __init__(self, ws: TappedConnection, url: str, *, probe_id: str, clock_t0: float,
-                 clock: Callable[[], float], redact: Callable[[str], str], emit: Callable[[Event | Frame], None],
+                 clock: Callable[[], float], redact: Callable[[str], str], redact_bytes: Callable[[bytes], bytes],
+                 emit: Callable[[Event | Frame], None],
                  take_frame: Callable[[Frame], None], awaited_types: Iterable[str], type_field: str) -> None:
         self.ws = ws
         self.url = url
@@ -109,6 +110,7 @@ class Session:
         self._waiter: asyncio.Future[None] | None = None
         # bound once: `_on_message` runs a million times in a flood
         self._probe_id, self._t0, self._clock, self._redact = probe_id, clock_t0, clock, redact
+        self._redact_bytes = redact_bytes
         self._emit, self._take = emit, take_frame
         self._type_field = type_field
         names = sorted(set(awaited_types), key=len, reverse=True)
@@ -124,6 +126,8 @@ class Session:
         kept = data[:FRAME_KEEP] if truncated else data
         if type(kept) is str:
             kept = self._redact(kept)
+        else:  # a binary frame can carry the token too (raw, or as base64 text inside it)
+            kept = self._redact_bytes(kept)  # type: ignore[arg-type]
         frame = _new_frame((now - self._t0, self._probe_id, "in", (now - self.opened_at) * 1000.0, size, kept,
                             truncated))
         self._take(frame)

@@ -256,3 +256,58 @@ def test_follow_upgrade_redirects_is_off_by_default():
 
     assert Protocol().follow_upgrade_redirects is False
     assert load_config(None).protocol.follow_upgrade_redirects is False
+
+
+# --- the token, echoed back in other encodings ----------------------------------------------------------------
+
+async def test_a_token_echoed_in_any_encoding_is_never_shown_or_recorded_whole(config):
+    from urllib.parse import quote
+
+    from websockets.asyncio.server import serve
+
+    from probes.events import Frame
+
+    seen: list[str] = []
+
+    async def handler(ws) -> None:
+        offered = ws.request.headers.get("Sec-WebSocket-Protocol", "").split(",")[0].strip()
+        token = base64.urlsafe_b64decode(offered[4:] + "=" * (-len(offered[4:]) % 4)).decode()
+        seen.append(token)
+        await ws.send('{"type": "connection_established"}')
+        await ws.recv()
+        escaped = "".join(f"\\u{ord(c):04x}" for c in token)
+        await ws.send(token.encode())  # raw, in a binary frame
+        await ws.send(b"prefix " + base64.b64encode(token.encode()))  # base64 inside a binary frame
+        await ws.send('{"type": "agent_started", "echo": "%s"}' % escaped)  # JSON \\u-escaped
+        await ws.send('{"type": "agent_thinking", "echo": "%s"}' % quote(token, safe=""))  # percent-encoded
+        await ws.close(4001, "bye")
+
+    async def health(connection, request):
+        if request.path == "/health":
+            return connection.respond(200, '{"status": "ok", "version": "b1"}')
+        return None
+
+    server = await serve(handler, "127.0.0.1", 0, process_request=health,
+                         select_subprotocol=lambda conn, offered: offered[0] if offered else None)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        events = await _run(config, f"http://127.0.0.1:{port}")
+    finally:
+        server.close()
+    assert seen, "the server never got a token"
+    tail = seen[0][-12:]
+    frames = [e for e in events if isinstance(e, Frame) and e.direction == "in"]
+    assert len(frames) >= 5
+    for frame in frames:
+        data = frame.data
+        forms = [data.decode("latin-1") if isinstance(data, bytes) else data]
+        text = forms[0]
+        forms.append(json.loads('"' + text.replace('"', "") + '"') if "\\u" in text else text)
+        from urllib.parse import unquote
+        forms.append(unquote(text))
+        for run in re.findall(r"[A-Za-z0-9+/=_-]{16,}", text):
+            try:
+                forms.append(base64.b64decode(run + "=" * (-len(run) % 4)).decode("latin-1"))
+            except ValueError:
+                pass
+        assert not any(tail in f for f in forms), (frame, forms)

@@ -154,7 +154,8 @@ class Connect(StepKind):
                           ev.response_headers))
         p = ctx.protocol
         ctx.session = Session(ws, shown_url, probe_id=ctx.probe_id, clock_t0=ctx.run.clock.start, clock=ctx.t,
-                              redact=ctx.run.redactor.text, emit=ctx.emit, take_frame=ctx.take_frame,
+                              redact=ctx.run.redactor.text, redact_bytes=ctx.run.redactor.bytes_, emit=ctx.emit,
+                              take_frame=ctx.take_frame,
                               awaited_types=(p.ready_type, p.final_event, *p.agent_events, *p.error_types,
                                              *p.response_types),
                               type_field=p.type_field)
