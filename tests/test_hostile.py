@@ -311,3 +311,25 @@ async def test_a_token_echoed_in_any_encoding_is_never_shown_or_recorded_whole(c
             except ValueError:
                 pass
         assert not any(tail in f for f in forms), (frame, forms)
+
+
+async def test_copying_a_frame_with_a_hostile_type_neither_crashes_nor_carries_controls(config):
+    from probes.events import Frame
+    from tests.test_tui import screen_text
+    from tui.app import StagewatchApp
+    from tui.widgets.frames import FrameList
+
+    hostile = '{"type": "[link=file:///etc/passwd]x[/link] \\u001b]0;PWNED\\u0007 [/", "payload": {}}'
+    events = _events("ok")[:2] + [Frame(0.15, "p", "in", 1.0, len(hostile), json.loads(json.dumps(hostile)))]
+    events[2] = events[2]._replace(data=hostile.replace("\\u001b", "\x1b").replace("\\u0007", "\x07"))
+    app = StagewatchApp(config, events=events)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause(0.3)
+        app.focus_probe = "p"
+        await pilot.pause(0.2)
+        frames = app.query_one("#frames", FrameList)
+        frames.focus()
+        await pilot.press("end", "c")
+        await pilot.pause(0.2)
+        assert not RAW.search(screen_text(app))
+        assert app.clipboard and not RAW.search(app.clipboard), repr(app.clipboard)

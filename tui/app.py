@@ -484,7 +484,8 @@ class StagewatchApp(App[int]):
     def _copy_frame(self, selected: tuple[Frame, FrameInfo, int]) -> None:
         frame, info, seq = selected
         self.copy_to_clipboard(visible(pretty(frame.data)))  # the clipboard gets no control characters
-        self.notify(f"copied frame #{seq} ({info.type or info.kind}, {frame.size:,} B)", timeout=3)
+        self.notify(one_line(f"copied frame #{seq} ({info.type or info.kind}, {frame.size:,} B)"), timeout=3,
+                    markup=False)  # a frame type is the server's text
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
@@ -536,7 +537,7 @@ class StagewatchApp(App[int]):
             host = urlsplit(target.base_url).hostname or ""
             if looks_like_production(host, self.config.safety.non_production_patterns):
                 self.notify(f"{name} ({host}) looks like production; start stagewatch with --target {name} "
-                            "--allow-production if you mean it", severity="error", timeout=10)
+                            "--allow-production if you mean it", severity="error", timeout=10, markup=False)
                 return
         self.target = target
         self.info.insecure = not target.verify_tls
@@ -544,7 +545,7 @@ class StagewatchApp(App[int]):
             self.options = dataclasses.replace(self.options, fault="none", expected_version=None)
             self.info.fault = "none"
         self.user_pinned = False
-        self.notify(f"target {name}: running the queue", timeout=3)
+        self.notify(one_line(f"target {name}: running the queue"), timeout=3, markup=False)
         self._start_run()
 
     def switch_fault(self, fault: str) -> None:

@@ -29,7 +29,7 @@ from textual.widgets import Static
 
 from probes.events import Frame
 from probes.frames import FrameInfo, pretty
-from probes.sanitize import visible
+from probes.sanitize import one_line, visible
 from tui.state import FrameBuffer, fmt_ms
 
 ARROWS = {"in": "↓", "out": "↑", "close": "✕"}
@@ -72,7 +72,7 @@ def frame_line(frame: Frame, info: FrameInfo) -> tuple[str, str, str, str, str]:
     if frame.direction == "close":
         return ARROWS["close"], f"+{fmt_ms(frame.ms)}", "", "close", info.summary
     size = f"{frame.size:,} B" if frame.size < 100_000 else f"{frame.size / 1024:,.0f} KiB"
-    kind = info.type or info.kind
+    kind = one_line(info.type or info.kind)  # a server chose this name: shown, never obeyed
     summary = info.summary
     if info.type and summary.startswith(info.type):
         summary = summary[len(info.type):].lstrip()
