@@ -48,7 +48,9 @@ class StepEvidence:
 
     @classmethod
     def _convert(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
-        """Turn record values (lists, dicts) back into field types; a kind with nested fields overrides this."""
+        """Turn record values (lists, dicts) back into field types; a kind with other nested fields extends this."""
+        if "echo" in kwargs:  # connect and expect keep the header-echo check
+            kwargs["echo"] = EchoCheck.from_record(kwargs["echo"])
         return kwargs
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI, NegotiationError
@@ -42,12 +41,6 @@ class ConnectEvidence(StepEvidence):
     handshake_error: str = ""
     unauthenticated_accept: bool = False
     secret_missing: bool = False
-
-    @classmethod
-    def _convert(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
-        if "echo" in kwargs:
-            kwargs["echo"] = EchoCheck.from_record(kwargs["echo"])
-        return kwargs
 
 
 class Connect(StepKind):

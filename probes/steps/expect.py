@@ -31,12 +31,6 @@ class ExpectEvidence(StepEvidence):
     excerpt: str = ""
     empty_response: bool = False
 
-    @classmethod
-    def _convert(cls, kwargs: dict[str, object]) -> dict[str, object]:
-        if "echo" in kwargs:
-            kwargs["echo"] = EchoCheck.from_record(kwargs["echo"])
-        return kwargs
-
 
 class Expect(StepKind):
     name = "expect"
