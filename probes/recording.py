@@ -33,9 +33,6 @@ import platformdirs
 from .events import (AnyEvent, Closed, Event, Frame, Notice, ProbeFinished, RunFinished, StageFinished,
                      StageStarted, from_record, to_record)
 from .redact import Redactor
-from .steps import kinds as _register_step_kinds  # evidence records come back typed
-
-_register_step_kinds()
 
 RECORDING_VERSION = 2  # 2: a header line, typed stage evidence ({"kind": …}); 1: no header, evidence as a dict
 FLUSH_INTERVAL = 0.1
@@ -515,6 +512,8 @@ class RecordingError(Exception):
 
 
 def read_recording(path: str | Path) -> Replay:
+    from .steps import kinds  # registers the step kinds, so evidence records come back typed (not imported at
+    kinds()  # module level: the writer process imports this module and must start fast)
     p = Path(path)
     try:
         raw = p.read_bytes()
