@@ -234,7 +234,8 @@ async def bounded_request(http: httpx.AsyncClient, method: str, url: str, limit:
                 async for chunk in resp.aiter_raw():
                     reader.feed(chunk)
                 body = reader.finish()
-                kept = [(k, v) for k, v in resp.headers.multi_items() if k.lower() not in _DECODED_AWAY]
+                # The raw bytes: a header value with obs-text (legal, RFC 9110 §5.5) survives as it came.
+                kept = [(k, v) for k, v in resp.headers.raw if k.decode("latin-1").lower() not in _DECODED_AWAY]
                 return httpx.Response(resp.status_code, headers=kept, content=body, request=resp.request)
     except TimeoutError:
         raise httpx.ReadTimeout(f"no {'complete ' if answered else ''}answer within {limit:g} s") from None

@@ -39,6 +39,7 @@ MIN_SECRET = 4  # shorter values are too common to replace without mangling ordi
 _SHOWN_MIN = 40  # values shorter than this are hidden entirely, never shown in part
 _MIN_ENCODED = 12  # an encoded form (base64) shorter than this is not looked for: too likely by chance
 _MIN_DECODED = 12  # the same for the bytes a base64-looking secret decodes to
+_SIGNATURE_MIN = 16  # a JWT signature segment at least this long is hidden when it travels alone
 _JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
 _JWT_SUBPROTOCOL_RE = re.compile(r"\bjwt\.([A-Za-z0-9_=-]{12,})")
 _B64_TEXT = re.compile(r"[A-Za-z0-9+/_-]+={0,2}")
@@ -198,6 +199,8 @@ def _variants(secret: str) -> list[tuple[str, str]]:
     for b64 in dict.fromkeys([url.rstrip("="), url, std.rstrip("="), std, *_b64_cores(raw)]):
         if len(b64) >= _MIN_ENCODED:
             forms.append((b64, redact_token(b64) if jwt_like else HIDDEN))
+    if len(raw) >= _MIN_DECODED:  # hex of the secret's bytes, either case
+        forms += [(raw.hex(), HIDDEN), (raw.hex().upper(), HIDDEN)]
     decoder = _decoder(True, True, True)
     for form, mark in list(forms):
         # A form holding what reads as an escape ('%41', '\\u0041') is looked for as it reads decoded, too.
@@ -374,6 +377,12 @@ class Redactor:
         if not secret or len(secret) < MIN_SECRET or secret in self._known:
             return
         self._known.add(secret)
+        if looks_like_jwt(secret):
+            # The header and payload can be rebuilt from public facts (claims, the second it was issued): the
+            # signature segment alone is the credential, so it is hidden wherever it travels alone.
+            signature = secret.rsplit(".", 1)[1]
+            if len(signature) >= _SIGNATURE_MIN:
+                self.add(signature)
         for form, shown in _variants(secret):
             self._forms.setdefault(form, shown)
         for data in _decoded(secret):

@@ -280,7 +280,8 @@ async def test_a_token_echoed_in_any_encoding_is_never_shown_or_recorded_whole(c
         await ws.send(b"prefix " + base64.b64encode(token.encode()))  # base64 inside a binary frame
         await ws.send('{"type": "agent_started", "echo": "%s"}' % escaped)  # JSON \\u-escaped
         await ws.send('{"type": "agent_thinking", "echo": "%s"}' % quote(token, safe=""))  # percent-encoded
-        await ws.close(4001, "bye")
+        await ws.send('{"type": "tool_executing", "hex": "%s"}' % token.encode().hex())  # hex of the whole token
+        await ws.close(4001, "invalid signature " + token.rsplit(".", 1)[1])  # the signature alone
 
     async def health(connection, request):
         if request.path == "/health":
@@ -297,7 +298,10 @@ async def test_a_token_echoed_in_any_encoding_is_never_shown_or_recorded_whole(c
     assert seen, "the server never got a token"
     tail = seen[0][-12:]
     frames = [e for e in events if isinstance(e, Frame) and e.direction == "in"]
-    assert len(frames) >= 5
+    assert len(frames) >= 6
+    assert not any(seen[0].encode().hex()[-24:] in str(f.data) for f in frames)
+    closes = [e for e in events if isinstance(e, Closed)]
+    assert closes and all(tail not in (c.reason or "") for c in closes), closes
     for frame in frames:
         data = frame.data
         forms = [data.decode("latin-1") if isinstance(data, bytes) else data]
@@ -333,3 +337,33 @@ async def test_copying_a_frame_with_a_hostile_type_neither_crashes_nor_carries_c
         await pilot.pause(0.2)
         assert not RAW.search(screen_text(app))
         assert app.clipboard and not RAW.search(app.clipboard), repr(app.clipboard)
+
+
+async def test_a_health_header_with_obs_text_is_evidence_not_an_internal_error(config):
+    """RFC 9110 §5.5 allows obs-text (bytes 0x80-0xff) in a field value: the stage reads it, shows it visibly."""
+    import socket
+
+    body = b'{"status": "ok", "version": "b1"}'
+    answer = (b"HTTP/1.1 200 OK\r\nServer: hostile/1.0 \xc2\x9b2J\xe2\x80\xae\r\nContent-Type: application/json\r\n"
+              b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+
+    async def serve_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve_one, "127.0.0.1", 0, family=socket.AF_INET)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        events = await _run(config, f"http://127.0.0.1:{port}")
+    finally:
+        server.close()
+    health = [e for e in events if isinstance(e, StageFinished) and e.stage == "health"]
+    assert health and health[0].status == "pass", health
+    out = io.StringIO()
+    printer = Printer(out, verbose=True)
+    for e in events:
+        printer.handle(e)
+    assert "internal error" not in out.getvalue()
+    assert not RAW.search(out.getvalue())
