@@ -199,6 +199,8 @@ class Step(_Model):
     message: int = 0
     # timeouts
     timeout: float | None = Field(None, gt=0)
+    # watch: a pass slower than this is DEGRADED (default: watch.degraded_ms)
+    degraded_ms: float | None = Field(None, gt=0)
 
 
 class ProbeDef(_Model):
@@ -243,6 +245,24 @@ class Safety(_Model):
         "staging", "localhost", "127.0.0.1", "[::1]", "::1", "dev", "test", "sandbox"])
 
 
+class Watch(_Model):
+    """Monitor semantics of a watch (rounds of the queue): DOWN after `confirm` failures in a row, DEGRADED when a
+    passing stage is slower than its `degraded_ms`, UP after one pass."""
+    interval_s: float = Field(10.0, ge=0.05)  # between rounds (--watch overrides)
+    confirm: int = Field(2, ge=1, le=100)  # consecutive failing rounds before a probe is DOWN (PENDING until then)
+    degraded_ms: float | None = Field(None, gt=0)  # a stage's default threshold; a step's own degraded_ms wins
+    keep_rounds: int = Field(100, ge=1, le=10_000)  # rounds kept whole (stages, frames, close, diagnosis)
+    keep_summaries: int = Field(20_000, ge=1, le=1_000_000)  # older rounds kept as one-line summaries
+    bell: bool = True  # the terminal bell on a flip (--no-bell)
+
+
+class Recording(_Model):
+    """Rotation and retention of recordings: a day of watching at 10 s stays well under a gigabyte."""
+    max_file_mb: float = Field(25.0, gt=0, le=10_000)  # a recording rotates to a new part past this size
+    keep_files: int = Field(40, ge=1, le=100_000)  # recordings kept in the recordings folder (newest first)
+    keep_days: float = Field(7.0, gt=0)  # older recordings in that folder are removed
+
+
 class Config(_Model):
     default_target: str = SANDBOX
     targets: dict[str, Target]
@@ -250,6 +270,8 @@ class Config(_Model):
     auth: Auth = Field(default_factory=Auth)
     timeouts: Timeouts = Field(default_factory=Timeouts)
     safety: Safety = Field(default_factory=Safety)
+    watch: Watch = Field(default_factory=Watch)
+    recording: Recording = Field(default_factory=Recording)
     probes: list[ProbeDef]
     source: str = Field("<defaults>", exclude=True)
 
