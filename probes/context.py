@@ -58,6 +58,7 @@ class RunContext:
     http: httpx.AsyncClient | None = None
     token: authmod.TokenInfo | None = None
     allowed_hosts: frozenset[str] = frozenset()
+    degraded_ms: float | None = None  # watch.degraded_ms: a stage's default threshold for DEGRADED
 
     @property
     def ws_url(self) -> str:

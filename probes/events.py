@@ -50,6 +50,7 @@ class StageStarted(Event):
     stage: str
     step: str
     timeout_s: float | None = None  # the stage's own limit, so a person watching sees how long it may take
+    degraded_ms: float | None = None  # a pass slower than this is DEGRADED (watch)
     kind: ClassVar[str] = "stage_started"
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .events import (Closed, Diagnosed, Event, Frame, HttpExchange, Notice, ProbeFinished, ProbeStarted,
@@ -18,6 +18,7 @@ from .events import (Closed, Diagnosed, Event, Frame, HttpExchange, Notice, Prob
 from .evidence import StepEvidence
 from .steps.auth import AuthEvidence
 from .steps.http import HttpEvidence
+from .watch import History
 
 KEEP_FRAMES = 8  # frames kept per probe for diagnosis and reports: the last ones before the first close
 
@@ -32,10 +33,17 @@ class StageModel:
     evidence: StepEvidence | None = None
     started_t: float | None = None
     limit_s: float | None = None  # the limit the stage announced
+    degraded_ms: float | None = None  # the DEGRADED threshold the stage announced
 
     @property
     def failed(self) -> bool:
         return self.status in ("fail", "error")
+
+    @property
+    def degraded(self) -> bool:
+        """Passed, but slower than its announced threshold."""
+        return (self.status == "pass" and self.degraded_ms is not None and self.duration_ms is not None
+                and self.duration_ms > self.degraded_ms)
 
 
 @dataclass
@@ -86,6 +94,7 @@ class ProbeModel:
         elif isinstance(event, StageStarted):
             stage = self.stages.setdefault(event.stage, StageModel(event.stage))
             stage.step, stage.status, stage.started_t, stage.limit_s = event.step, "running", event.t, event.timeout_s
+            stage.degraded_ms = event.degraded_ms
         elif isinstance(event, StageFinished):
             stage = self.stages.setdefault(event.stage, StageModel(event.stage))
             stage.status, stage.duration_ms = event.status, event.duration_ms
@@ -103,6 +112,11 @@ class ProbeModel:
             self.frames_in, self.frames_out = event.frames_in, event.frames_out
         elif isinstance(event, ProbeStarted):
             self.start(event)
+
+    def snapshot(self) -> ProbeModel:
+        """A copy that later folding does not touch (a watch keeps each round's probes)."""
+        return replace(self, stages=dict(self.stages), closes=list(self.closes), http=list(self.http),
+                       diagnoses=list(self.diagnoses), last_frames=deque(self.last_frames, maxlen=KEEP_FRAMES))
 
     def interrupt(self) -> None:
         """The run ended under this probe: nothing of it stays "running"."""
@@ -175,9 +189,12 @@ class ProbeModel:
 
 class RunModel:
     """Feed it every event (`apply`, a bus listener) and read the run at any time. A session may hold several
-    runs (reruns, watch rounds): each probe shows its latest."""
+    runs (reruns, watch rounds): each probe shows its latest, and `history` (probes/watch.py) keeps the rounds."""
 
-    def __init__(self) -> None:
+    def __init__(self, history: History | None = None) -> None:
+        self.history = history or History()
+        self._wall = 0.0  # epoch seconds at t == 0 of the current run
+        self._health_answered = False
         self.target = ""
         self.base_url = ""
         self.wall0: float | None = None
@@ -222,7 +239,8 @@ class RunModel:
                         self.first_failure = probe_id
                     if self.current == probe_id:
                         self.current = None
-                    changed.update(("queue", "header"))
+                    self.history.probe_finished(probe, self._wall + t, probe.snapshot())
+                    changed.update(("queue", "header", "history"))
             changed.add(probe_id)
         elif isinstance(event, RunStarted):
             self._run_started(event)
@@ -234,7 +252,8 @@ class RunModel:
                 for probe in self.probes.values():
                     probe.interrupt()
             self.current = None
-            changed.update(("header", "queue", *self.probes))
+            self.history.round_finished(event.verdict, self._wall + t, self._health_answered)
+            changed.update(("header", "queue", "history", *self.probes))
         elif isinstance(event, Notice):
             self.notices.append(event)
             changed.add("notice")
@@ -251,6 +270,8 @@ class RunModel:
         if self.wall0 is None:
             self.wall0 = event.wall
         self.started_t = event.t
+        self._wall, self._health_answered = event.wall, False
+        self.history.round_started(event.wall + event.t)
         self.runs += 1
         self.running = True
         self.finished = None
@@ -267,8 +288,11 @@ class RunModel:
         ev = event.evidence
         if ev is None:
             return
-        if isinstance(ev, HttpEvidence) and ev.version:
-            self.version = ev.version
+        if isinstance(ev, HttpEvidence) and ev.http_status is not None:
+            self._health_answered = True
+            if ev.version:
+                self.version = ev.version
+                self.history.build_seen(ev.version, self._wall + event.t)
         elif isinstance(ev, AuthEvidence) and ev.token:
             self.token = ev
 

@@ -74,7 +74,8 @@ class ProbeRun:
     async def _stage(self, step: Step, kind: StepKind) -> Status:
         ctx = self.ctx
         limit = kind.limit(step, ctx)
-        self._emit(StageStarted(ctx.t(), self.probe.id, step.name, step.step, limit))
+        self._emit(StageStarted(ctx.t(), self.probe.id, step.name, step.step, limit,
+                                step.degraded_ms or ctx.run.degraded_ms))
         start = time.monotonic()
         status: Status = "pass"
         evidence: StepEvidence | None

@@ -1,0 +1,355 @@
+"""The history of a watch: rounds of the queue folded into what a person watching a deploy asks — when did it
+break, on which build, what failed first, how long was it down, is it back.
+
+Monitor semantics (as mature uptime tools have them): a probe is UP after one pass, DEGRADED when it passes with
+a stage slower than the threshold that stage announced, PENDING after a failure and DOWN after `confirm` failures
+in a row. A probe not attempted because the target is unreachable counts as failed. Every change of state is a
+`Flip`; a DOWN that ends is an `Outage`; every change of the build health reports is a `BuildSpan`.
+
+`History` is fed by `RunModel` (probes/model.py) as it folds the stream, so the app, the printer, the reports and
+replay all read the same history. Everything is bounded: rounds kept whole for the last `keep_rounds`, as
+summaries for the last `keep_summaries`, and capped lists of flips, outages, builds and timeline entries.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .model import ProbeModel
+
+UNREACHABLE = "target-unreachable"  # the diagnosis code of a probe not attempted because nothing listens
+STATES = ("UP", "DEGRADED", "PENDING", "DOWN")
+KEEP_EVENTS = 2000  # flips, outages, builds and timeline entries kept (the newest)
+KEEP_LATENCIES = 240  # per probe and stage: the durations of the last rounds, for sparklines and percentiles
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeRound:
+    """One probe in one round, in a line: the cell of its history strip and what the monitor made of it."""
+    cell: str  # pass, degraded, fail, skip (not run)
+    state: str | None  # the monitor's state after this round (None: not run and no state yet)
+    stage: str | None = None  # the failing stage (or the slow one, when degraded)
+    diagnosis: str | None = None  # the first diagnosis code
+
+
+@dataclass(slots=True)
+class Round:
+    n: int
+    started_at: float  # epoch seconds
+    finished_at: float | None = None
+    build: str | None = None  # what health reported this round (None: no answer)
+    verdict: str | None = None  # pass, fail, interrupted; None while running
+    probes: dict[str, ProbeRound] = field(default_factory=dict)
+    detail: dict[str, ProbeModel] | None = field(default_factory=dict)  # whole probes; None once summarised
+
+    def record(self) -> dict[str, Any]:
+        """The report contract's round: {n, started_at, finished_at, build, verdict, probes: {ID: status}}."""
+        return {"n": self.n, "started_at": iso(self.started_at), "finished_at": iso(self.finished_at),
+                "build": self.build, "verdict": self.verdict,
+                "probes": {pid: p.cell for pid, p in self.probes.items()},
+                "states": {pid: p.state for pid, p in self.probes.items() if p.state}}
+
+
+@dataclass(frozen=True, slots=True)
+class Flip:
+    at: float
+    probe: str
+    before: str | None  # None: the first state seen
+    after: str
+    round: int
+    stage: str | None = None
+    diagnosis: str | None = None
+    build: str | None = None
+
+    @property
+    def alerting(self) -> bool:
+        """Worth a bell: anything but the first UP, and PENDING (not confirmed yet)."""
+        return self.after != "PENDING" and not (self.before is None and self.after == "UP")
+
+    def record(self) -> dict[str, Any]:
+        return {"at": iso(self.at), "probe": self.probe, "from": self.before, "to": self.after, "round": self.round,
+                "stage": self.stage, "diagnosis": self.diagnosis, "build": self.build}
+
+
+@dataclass(slots=True)
+class Outage:
+    probe: str
+    start: float
+    first_round: int
+    first_stage: str | None
+    first_diagnosis: str | None
+    end: float | None = None
+    rounds: int = 0  # failing rounds
+    builds: list[str] = field(default_factory=list)
+
+    @property
+    def duration_s(self) -> float | None:
+        return None if self.end is None else round(self.end - self.start, 3)
+
+    def record(self) -> dict[str, Any]:
+        return {"probe": self.probe, "start": iso(self.start), "end": iso(self.end), "duration_s": self.duration_s,
+                "rounds": self.rounds, "first_stage": self.first_stage, "first_diagnosis": self.first_diagnosis,
+                "builds": list(self.builds)}
+
+
+@dataclass(slots=True)
+class BuildSpan:
+    build: str
+    first_seen: float
+    last_seen: float
+    first_round: int
+
+    def record(self) -> dict[str, Any]:
+        return {"build": self.build, "first_seen": iso(self.first_seen), "last_seen": iso(self.last_seen),
+                "first_round": self.first_round}
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A line of the timeline: a flip or a build change, said in words. Probes not attempted because the target
+    was unreachable share one line per round (`probes`)."""
+    at: float
+    kind: str  # down, up, degraded, pending, build
+    probe: str | None
+    text: str
+    round: int = 0
+    probes: tuple[str, ...] = ()
+
+
+def iso(wall: float | None) -> str | None:
+    if wall is None:
+        return None
+    from datetime import datetime, timezone
+    return datetime.fromtimestamp(wall, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def duration_words(seconds: float) -> str:
+    """'2 m 28 s', '41 s', '1 h 03 m'."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{max(seconds, 0):.1f} s" if seconds < 10 else f"{s} s"
+    if s < 3600:
+        return f"{s // 60} m {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} m"
+
+
+def percentile(values: Iterable[float], q: float) -> float | None:
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+@dataclass(slots=True)
+class _Monitor:
+    state: str | None = None
+    fails: int = 0
+    outage: Outage | None = None  # open (maybe not confirmed yet: while PENDING)
+
+
+class History:
+    """Rounds, monitor states, flips, outages and builds of a session. Fed by `RunModel`."""
+
+    def __init__(self, confirm: int = 2, keep_rounds: int = 100, keep_summaries: int = 20_000) -> None:
+        self.confirm = max(1, confirm)
+        self.keep_rounds = max(1, keep_rounds)
+        self.rounds: deque[Round] = deque(maxlen=max(keep_summaries, self.keep_rounds))
+        self.flips: deque[Flip] = deque(maxlen=KEEP_EVENTS)
+        self.outages: deque[Outage] = deque(maxlen=KEEP_EVENTS)
+        self.builds: deque[BuildSpan] = deque(maxlen=KEEP_EVENTS)
+        self.timeline: deque[Change] = deque(maxlen=KEEP_EVENTS)
+        self.latencies: dict[tuple[str, str], deque[float]] = {}
+        self.monitors: dict[str, _Monitor] = {}
+        self.total_rounds = 0
+        self.failed_rounds = 0
+        self.new_flips: list[Flip] = []  # since the last `take_flips()`: what a live front end alerts on
+        self.build_reachable = True  # did health answer in the last finished round
+        self._with_detail: deque[Round] = deque()
+
+    def configure(self, confirm: int | None = None, keep_rounds: int | None = None) -> None:
+        if confirm is not None:
+            self.confirm = max(1, confirm)
+        if keep_rounds is not None:
+            self.keep_rounds = max(1, keep_rounds)
+
+    # --- folding (called by RunModel) ---------------------------------------------------------------------------
+    def round_started(self, wall: float) -> None:
+        self.total_rounds += 1
+        self.rounds.append(Round(self.total_rounds, wall))
+        self._with_detail.append(self.rounds[-1])
+        while len(self._with_detail) > self.keep_rounds:
+            self._with_detail.popleft().detail = None  # older rounds are kept as their summaries
+
+    @property
+    def current(self) -> Round | None:
+        return self.rounds[-1] if self.rounds else None
+
+    def build_seen(self, build: str, wall: float) -> None:
+        rnd = self.current
+        if rnd is None:
+            return
+        rnd.build = build
+        last = self.builds[-1] if self.builds else None
+        if last is not None and last.build == build:
+            last.last_seen = wall
+            return
+        self.builds.append(BuildSpan(build, wall, wall, rnd.n))
+        if last is not None:
+            self.timeline.append(Change(wall, "build", None, f"build {last.build} → {build}"))
+        for mon in self.monitors.values():
+            if mon.outage is not None and build not in mon.outage.builds:
+                mon.outage.builds.append(build)
+
+    def probe_finished(self, probe: ProbeModel, wall: float, snapshot: ProbeModel) -> None:
+        rnd = self.current
+        if rnd is None:
+            return
+        if rnd.detail is not None:
+            rnd.detail[probe.id] = snapshot
+        for stage in probe.stages.values():
+            if stage.status == "pass" and stage.duration_ms is not None:
+                key = (probe.id, stage.name)
+                series = self.latencies.get(key)
+                if series is None:
+                    series = self.latencies[key] = deque(maxlen=KEEP_LATENCIES)
+                series.append(stage.duration_ms)
+        cell, stage_name, code = _cell(probe)
+        mon = self.monitors.setdefault(probe.id, _Monitor())
+        if cell == "skip":
+            rnd.probes[probe.id] = ProbeRound(cell, mon.state)
+            return
+        before = mon.state
+        if cell == "fail":
+            mon.fails += 1
+            if mon.outage is None:
+                mon.outage = Outage(probe.id, wall, rnd.n, stage_name, code,
+                                    builds=[rnd.build] if rnd.build else [])
+            mon.outage.rounds += 1
+            after = "DOWN" if mon.fails >= self.confirm or before == "DOWN" else "PENDING"
+            if after == "DOWN" and before != "DOWN":
+                self.outages.append(mon.outage)
+        else:
+            mon.fails = 0
+            after = "DEGRADED" if cell == "degraded" else "UP"
+            if mon.outage is not None:
+                if before == "DOWN":
+                    mon.outage.end = wall
+                mon.outage = None
+        mon.state = after
+        rnd.probes[probe.id] = ProbeRound(cell, after, stage_name, code)
+        if after != before:
+            flip = Flip(wall, probe.id, before, after, rnd.n, stage_name, code, rnd.build)
+            self.flips.append(flip)
+            self.new_flips.append(flip)
+            self._tell(flip)
+
+    def _tell(self, flip: Flip) -> None:
+        last = self.timeline[-1] if self.timeline else None
+        if flip.diagnosis == UNREACHABLE and flip.after in ("DOWN", "PENDING"):
+            group: tuple[str, ...] = (flip.probe,)
+            if last is not None and last.probes and last.round == flip.round and last.kind == flip.after.lower():
+                self.timeline.pop()
+                group = (*last.probes, flip.probe)
+            shown = ", ".join(group[:3]) + (f" +{len(group) - 3}" if len(group) > 3 else "")
+            self.timeline.append(Change(flip.at, flip.after.lower(), flip.probe,
+                                        f"{shown} {flip.after} — not attempted: target unreachable",
+                                        flip.round, group))
+            return
+        self.timeline.append(Change(flip.at, flip.after.lower(), flip.probe, self._flip_words(flip), flip.round))
+
+    def round_finished(self, verdict: str, wall: float, health_answered: bool) -> None:
+        rnd = self.current
+        if rnd is None:
+            return
+        rnd.verdict, rnd.finished_at = verdict, wall
+        self.failed_rounds += verdict == "fail"
+        self.build_reachable = health_answered
+
+    # --- reading ------------------------------------------------------------------------------------------------
+    def take_flips(self) -> list[Flip]:
+        flips, self.new_flips = self.new_flips, []
+        return flips
+
+    def state(self, probe_id: str) -> str | None:
+        mon = self.monitors.get(probe_id)
+        return mon.state if mon else None
+
+    def open_outages(self) -> list[Outage]:
+        return [o for o in self.outages if o.end is None]
+
+    def round(self, n: int) -> Round | None:
+        if not self.rounds or n < self.rounds[0].n or n > self.rounds[-1].n:
+            return None
+        return self.rounds[n - self.rounds[0].n]
+
+    def cells(self, probe_id: str, last: int) -> list[tuple[int, str]]:
+        """(round n, cell) of the last `last` rounds for a history strip; 'none' where the probe did not run."""
+        out: list[tuple[int, str]] = []
+        for rnd in _tail(self.rounds, last):
+            p = rnd.probes.get(probe_id)
+            out.append((rnd.n, p.cell if p else "none"))
+        return out
+
+    def latency(self, probe_id: str, stage: str) -> tuple[list[float], float | None, float | None]:
+        """The stage's durations over the last rounds, with p50 and p95."""
+        series = list(self.latencies.get((probe_id, stage), ()))
+        return series, percentile(series, 0.5), percentile(series, 0.95)
+
+    def builds_between(self, start: float, end: float | None) -> list[str]:
+        return [b.build for b in self.builds if b.last_seen >= start and (end is None or b.first_seen <= end)]
+
+    def report(self) -> dict[str, Any]:
+        """The JSON report's watch keys."""
+        return {"rounds": [r.record() for r in self.rounds], "flips": [f.record() for f in self.flips],
+                "outages": [o.record() for o in self.outages], "builds": [b.record() for b in self.builds]}
+
+    # --- words --------------------------------------------------------------------------------------------------
+    def _flip_words(self, flip: Flip) -> str:
+        if flip.after in ("DOWN", "PENDING"):
+            why = f" — {flip.diagnosis}" if flip.diagnosis else ""
+            at = f" at {flip.stage}" if flip.stage else ""
+            return f"{flip.probe} {flip.after}{at}{why}{self._build_words(flip)}"
+        if flip.after == "DEGRADED":
+            return f"{flip.probe} DEGRADED — {flip.stage} slower than its threshold{self._build_words(flip)}"
+        ended = next((o for o in reversed(self.outages) if o.probe == flip.probe and o.end == flip.at), None)
+        if ended is not None and ended.duration_s is not None:
+            return (f"{flip.probe} UP — outage {duration_words(ended.duration_s)}, {ended.rounds} "
+                    f"round{'s' if ended.rounds != 1 else ''}{self._build_words(flip)}")
+        return f"{flip.probe} UP{self._build_words(flip)}"
+
+    def _build_words(self, flip: Flip) -> str:
+        if not flip.build:
+            return ""
+        spans = [b for b in self.builds if b.first_round <= flip.round]
+        if len(spans) >= 2 and spans[-1].first_round > flip.round - 3 and spans[-1].build == flip.build:
+            return f" (build {spans[-2].build} → {flip.build})"
+        return f" (build {flip.build})"
+
+
+def _tail(rounds: deque[Round], last: int) -> Iterator[Round]:
+    start = max(0, len(rounds) - last)
+    for i in range(start, len(rounds)):
+        yield rounds[i]
+
+
+def _cell(probe: ProbeModel) -> tuple[str, str | None, str | None]:
+    """pass / degraded / fail / skip, the stage that says why, and the first diagnosis code."""
+    code = str(probe.diagnoses[0].get("code")) if probe.diagnoses else None
+    if probe.status in ("fail", "error"):
+        failed = probe.failed
+        return "fail", failed.name if failed else probe.failed_stage, code
+    if probe.status == "skip":
+        if code == UNREACHABLE:  # not attempted: nothing listens — the probe is down with the target
+            first = next(iter(probe.stages), None)
+            return "fail", first, code
+        return "skip", None, None
+    slow = next((s for s in probe.stages.values() if s.degraded), None)
+    if slow is not None:
+        return "degraded", slow.name, None
+    return "pass", None, None
+
