@@ -11,7 +11,10 @@ import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+import time
+from typing import BinaryIO, TextIO
+
+import orjson
 
 from .bus import EventBus
 from .closecodes import close_sentence
@@ -22,9 +25,12 @@ from .recording import Recorder
 from .redact import Redactor
 from .model import RunModel
 from .report import write_json, write_junit, write_markdown
-from .sanitize import event_visible
+from . import sanitize
+from .alerts import flip_payload, run_on_change
+from .sanitize import event_visible, one_line
+from .watch import UNREACHABLE, Flip
 from .clock import Clock
-from .runner import RunOptions, run_queue
+from .runner import RunOptions, run_queue, shared_sandbox
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
@@ -32,18 +38,28 @@ STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if 
 
 class Printer:
     """Writes the live stage lines, reading the run from the same `RunModel` fold as the reports. Colour only
-    on a terminal and when NO_COLOR is unset."""
+    on a terminal and when NO_COLOR is unset. In a watch (`rounds=True`) it writes one line per round and a line
+    per change (flip, build) instead of the stage lines; `verbose` writes both."""
 
     STATUS = {"pass": ("pass", "32"), "fail": ("FAIL", "31;1"), "error": ("ERROR", "33;1"), "skip": ("skip", "2")}
+    CELL = {"pass": ("✓", "32"), "degraded": ("~", "33"), "fail": ("✗", "31;1"), "skip": ("·", "2"),
+            "none": (" ", "0")}
+    CHANGE = {"down": ("▼", "31;1"), "pending": ("?", "33"), "up": ("▲", "32;1"), "degraded": ("~", "33"),
+              "build": ("◆", "36")}
 
-    def __init__(self, out: TextIO = sys.stdout, color: bool | None = None, verbose: bool = False,
-                 insecure: bool = False) -> None:
+    def __init__(self, out: TextIO | None = None, color: bool | None = None, verbose: bool = False,
+                 insecure: bool = False, rounds: bool = False, confirm: int = 2) -> None:
+        out = sys.stdout if out is None else out
         self.out = out
         self.insecure = insecure
         self.color = (out.isatty() and "NO_COLOR" not in os.environ) if color is None else color
         self.verbose = verbose
+        self.rounds = rounds
+        self.stages = verbose or not rounds  # the stage lines
         self.model = RunModel()
+        self.model.history.configure(confirm=confirm)
         self.skipped: dict[str, int] = {}  # skipped stages not shown, per probe (without --verbose)
+        self._legend = False
 
     def _c(self, text: str, code: str) -> str:
         return f"\x1b[{code}m{text}\x1b[0m" if self.color else text
@@ -55,9 +71,19 @@ class Printer:
     def handle(self, e: Event) -> None:
         e = event_visible(e)  # outside text (details, reasons, versions, names) never reaches the terminal raw
         self.model.apply(e)
+        if self.stages:
+            self._stage_lines(e)
+        elif isinstance(e, Notice):
+            sys.stderr.write(f"stagewatch: {e.level}: {e.message}\n")
+        if self.rounds and isinstance(e, RunFinished):
+            self._round_line()
+
+    def _stage_lines(self, e: Event) -> None:
         probe = self.model.probes.get(getattr(e, "probe_id", ""))
         pad = f"   {'':<14}"
         if isinstance(e, RunStarted):
+            if self.rounds and self.model.history.total_rounds > 1:
+                return
             where = e.target if e.base_url == e.target else f"{e.target} ({e.base_url})"
             insecure = self._c(" · TLS NOT VERIFIED (--insecure)", "31;1") if self.insecure else ""
             self._w(f"stagewatch → {where} · {len(e.probes)} probes{insecure}")
@@ -91,6 +117,44 @@ class Printer:
         elif isinstance(e, RunFinished):
             self._w(f"verdict: {self._verdict(e)} in {e.duration_ms / 1000:.2f} s")
 
+    # --- a watch: a line per round, a line per change ----------------------------------------------------------
+    def _round_line(self) -> None:
+        model, history = self.model, self.model.history
+        rnd = history.current
+        if rnd is None:
+            return
+        ids = model.order
+        if not self._legend:
+            self._legend = True
+            where = model.target if model.base_url == model.target else f"{model.target} ({model.base_url})"
+            self._w(f"stagewatch → {where} · watching {len(ids)} probes: {' '.join(ids)}")
+            self._w(self._c("  one glyph per probe in that order: ✓ pass  ~ degraded  ✗ fail  · not run; "
+                            f"DOWN after {history.confirm} failing rounds in a row", "2"))
+        glyphs = "".join(self._c(*self.CELL[rnd.probes[i].cell if i in rnd.probes else "none"]) for i in ids)
+        build = rnd.build or (f"{model.version or '?'} (stale)" if model.version else "?")
+        word, code = {"pass": ("PASS", "32;1"), "fail": ("FAIL", "31;1")}.get(rnd.verdict or "",
+                                                                             ((rnd.verdict or "?").upper(), "33;1"))
+        failing = [f"{i} {'at ' + p.stage if p.stage else ''}".strip() for i in ids
+                   if (p := rnd.probes.get(i)) is not None and p.cell == "fail" and p.diagnosis != UNREACHABLE]
+        unreachable = sum(1 for p in rnd.probes.values() if p.diagnosis == UNREACHABLE)
+        if unreachable:
+            failing.append(f"{unreachable} not attempted (unreachable)")
+        took = (rnd.finished_at or rnd.started_at) - rnd.started_at
+        tail = f"  {'; '.join(failing)}" if failing else ""
+        self._w(f"{_clock(rnd.started_at)}  #{rnd.n:<4} {one_line(build)[:24]:<24} {glyphs}  "
+                f"{self._c(f'{word:<4}', code)} {took:5.1f} s{tail}")
+        for change in history.changes(rnd.n):
+            glyph, colour = self.CHANGE.get(change.kind, ("·", "0"))
+            line = f"{_clock(change.at)}  {self._c(glyph, colour)} {one_line(change.text)}"
+            summary = self._summary(change.probe) if change.kind in ("down", "pending") else ""
+            self._w(line + (f": {summary}" if summary else ""))
+
+    def _summary(self, probe_id: str | None) -> str:
+        probe = self.model.probes.get(probe_id or "")
+        if probe is None or not probe.diagnoses or probe.diagnoses[0].get("code") == UNREACHABLE:
+            return ""
+        return one_line(str(probe.diagnoses[0].get("summary", "")))
+
     def _verdict(self, e: RunFinished) -> str:
         this_run = [p for p in self.model.ordered() if p.runs and p.finished]
         passed = sum(p.status == "pass" for p in this_run)
@@ -105,6 +169,11 @@ class Printer:
                 f" ({'; '.join(failures)}){skipped}")
 
 
+def _clock(wall: float) -> str:
+    """Local wall time of day, to the second."""
+    return time.strftime("%H:%M:%S", time.localtime(wall))
+
+
 @dataclass
 class HeadlessRequest:
     config: Config
@@ -117,8 +186,52 @@ class HeadlessRequest:
     verbose: bool = False
     quiet: bool = False
     extra_secrets: list[str] = field(default_factory=list)
-    watch: float | None = None  # seconds between rounds; None = one round
+    watch: float | None = None  # seconds between round starts; None = one round
     count: int | None = None  # rounds to run with --watch (None = until interrupted)
+    for_s: float | None = None  # with --watch: stop starting rounds after this long
+    until_pass: bool = False  # end the watch (exit 0) at the first passing round
+    until_version: str | None = None  # end the watch (exit 0) at the first passing round on this build
+    jsonl_path: Path | None = None  # one JSON object per round, appended as it happens
+    on_change: str | None = None  # a command given each flip as JSON on stdin
+    bell: bool = True  # the terminal bell on a flip (a watch on a terminal)
+    record_max_bytes: int | None = None
+
+
+class _SafeStream:
+    """stdout/stderr that a closed pipe cannot break: `… | tee log` and Ctrl-C kills tee first; the writes that
+    follow must not raise, lose the reports or change the exit code. Once the pipe is gone, output goes nowhere."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self.broken = False
+
+    def write(self, text: str) -> int:
+        if not self.broken:
+            try:
+                self._stream.write(text)
+                self._stream.flush()
+            except (BrokenPipeError, ConnectionResetError, ValueError):
+                self._silence()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                self._stream.flush()
+            except (BrokenPipeError, ConnectionResetError, ValueError):
+                self._silence()
+
+    def isatty(self) -> bool:
+        return not self.broken and self._stream.isatty()
+
+    def _silence(self) -> None:
+        self.broken = True
+        try:  # the interpreter's own flush at exit must not find the dead pipe either
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
 
 
 def _write(path: Path, text: str) -> None:
@@ -168,60 +281,141 @@ async def _stoppable(req: HeadlessRequest, summary: RunModel, recorders: list[Re
                 pass
 
 
+class _Rounds:
+    """After each round of a watch: the --jsonl line, the bell, --on-change, and whether the watch is over."""
+
+    def __init__(self, req: HeadlessRequest, summary: RunModel) -> None:
+        self.req, self.summary = req, summary
+        self.jsonl = _open_jsonl(req.jsonl_path)
+        self.ring = req.bell and req.watch is not None and not req.quiet and sys.stderr.isatty()
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def after(self) -> bool:
+        """True when the watch has reached what --until-pass / --until-version wait for."""
+        history = self.summary.history
+        rnd = history.current
+        flips = history.take_flips()
+        if rnd is None:
+            return False
+        if self.jsonl is not None:
+            line = {**rnd.record(), "flips": [f.record() for f in flips if f.round == rnd.n]}
+            try:
+                self.jsonl.write(orjson.dumps(sanitize.tree(line)) + b"\n")
+                self.jsonl.flush()
+            except OSError as exc:
+                sys.stderr.write(f"stagewatch: warning: --jsonl stopped: {exc.strerror or exc}\n")
+                self.jsonl = None
+        alerting = [f for f in flips if f.alerting]
+        if alerting and self.ring:
+            sys.stderr.write("\a")
+        if self.req.on_change:
+            for flip in alerting:
+                task = asyncio.create_task(self._tell(flip))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+        return self.landed(rnd.verdict, rnd.build)
+
+    def landed(self, verdict: str | None, build: str | None) -> bool:
+        if verdict != "pass":
+            return False
+        if self.req.until_version is not None:
+            return build == self.req.until_version
+        return self.req.until_pass
+
+    async def _tell(self, flip: Flip) -> None:
+        assert self.req.on_change is not None
+        problem = await run_on_change(self.req.on_change, sanitize.tree(flip_payload(flip, self.summary.history,
+                                                                                     self.summary.target)))
+        if problem:
+            sys.stderr.write(f"stagewatch: warning: {problem}\n")
+
+    async def close(self) -> None:
+        if self.tasks:  # each --on-change has its own deadline
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.jsonl is not None:
+            self.jsonl.close()
+
+
+def _open_jsonl(path: Path | None) -> BinaryIO | None:
+    if path is None:
+        return None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path.open("ab")
+    except OSError as exc:
+        sys.stderr.write(f"stagewatch: warning: cannot write {path}: {exc.strerror or exc}\n")
+        return None
+
+
 async def _run(req: HeadlessRequest, summary: RunModel, recorders: list[Recorder]) -> int:
     bus = EventBus()
     clock = Clock()
     bus.subscribe(summary.apply)
+    watching = req.watch is not None
     if not req.quiet:
-        bus.subscribe(Printer(verbose=req.verbose, insecure=not req.target.verify_tls).handle)
+        bus.subscribe(Printer(verbose=req.verbose, insecure=not req.target.verify_tls, rounds=watching,
+                              confirm=req.config.watch.confirm).handle)
     recorder: Recorder | None = None
     if req.record_path is not None:
         redactor = Redactor(req.extra_secrets)
-        recorder = Recorder(req.record_path, redactor, clock.wall, notify=bus.publish, offload=True)
+        recorder = Recorder(req.record_path, redactor, clock.wall, notify=bus.publish, offload=True,
+                            max_bytes=req.record_max_bytes)
         recorders.append(recorder)  # the caller reports on it even when an interrupt ends this coroutine
         bus.subscribe(recorder.handle)
         await recorder.start()
+    rounds = _Rounds(req, summary)
+    deadline = None if req.for_s is None else time.monotonic() + req.for_s
+    landed = False
     try:
-        rounds = failed_rounds = 0
-        while True:
-            rounds += 1
-            result = await run_queue(req.config, req.target, bus, req.options, clock)
-            failed_rounds += result.verdict != "pass"
-            if req.watch is None or (req.count is not None and rounds >= req.count):
-                break
-            if not req.quiet:
-                sys.stdout.write(f"— round {rounds} done ({failed_rounds} failed so far); next in {req.watch:g} s "
-                                 "(Ctrl-C to stop)\n")
-                sys.stdout.flush()
-            await asyncio.sleep(req.watch)
-        if req.watch is not None and not req.quiet:
-            sys.stdout.write(f"rounds: {rounds}, failed: {failed_rounds}\n")
+        async with shared_sandbox(req.target, req.options) as options:  # one sandbox for every round
+            n = 0
+            while True:
+                n += 1
+                started = time.monotonic()
+                await run_queue(req.config, req.target, bus, options, clock)
+                landed = await rounds.after()
+                if not watching or landed or (req.count is not None and n >= req.count):
+                    break
+                assert req.watch is not None
+                wait = max(0.0, req.watch - (time.monotonic() - started))  # rounds start every interval
+                if deadline is not None and time.monotonic() + wait >= deadline:
+                    break
+                await asyncio.sleep(wait)
         if recorder is not None and not recorder.active and recorder.error and req.quiet:
             sys.stderr.write(f"stagewatch: warning: {recorder.error}\n")
-        return EXIT_OK if failed_rounds == 0 else EXIT_FAILED
+        if req.until_version is not None or req.until_pass:
+            return EXIT_OK if landed else EXIT_FAILED
+        return EXIT_OK if summary.verdict == "pass" else EXIT_FAILED  # a watch's verdict is its last round's
     finally:
+        await rounds.close()
         if recorder is not None:
             recorder.close()
 
 
 def run_headless(req: HeadlessRequest) -> int:
     summary = RunModel()
+    summary.history.configure(confirm=req.config.watch.confirm, keep_rounds=req.config.watch.keep_rounds)
     recorders: list[Recorder] = []
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _SafeStream(out), _SafeStream(err)
     try:
-        code = asyncio.run(_stoppable(req, summary, recorders))
-    except KeyboardInterrupt:
-        sys.stderr.write("stagewatch: interrupted\n")
-        code = EXIT_INTERRUPTED  # the reports below still say what ran before the interrupt
-    except _Stopped as stopped:
-        sys.stderr.write(f"stagewatch: stopped by {stopped}\n")
-        code = 128 + stopped.signum  # 143 for SIGTERM, 129 for SIGHUP, as shells report them
-    if req.json_path:
-        _write(req.json_path, write_json(summary))
-    if req.junit_path:
-        _write(req.junit_path, write_junit(summary))
-    if req.markdown_path:
-        _write(req.markdown_path, write_markdown(summary))
-    for recorder in recorders:
-        if recorder.error is None and not req.quiet:
-            sys.stderr.write(f"stagewatch: recording: {recorder.path}\n")
-    return code
+        try:
+            code = asyncio.run(_stoppable(req, summary, recorders))
+        except KeyboardInterrupt:
+            sys.stderr.write("stagewatch: interrupted\n")
+            code = EXIT_INTERRUPTED  # the reports below still say what ran before the interrupt
+        except _Stopped as stopped:
+            sys.stderr.write(f"stagewatch: stopped by {stopped}\n")
+            code = 128 + stopped.signum  # 143 for SIGTERM, 129 for SIGHUP, as shells report them
+        if req.json_path:
+            _write(req.json_path, write_json(summary))
+        if req.junit_path:
+            _write(req.junit_path, write_junit(summary))
+        if req.markdown_path:
+            _write(req.markdown_path, write_markdown(summary))
+        for recorder in recorders:
+            if recorder.error is None and not req.quiet:
+                sys.stderr.write(f"stagewatch: recording: {recorder.path}\n")
+        return code
+    finally:
+        sys.stdout, sys.stderr = out, err

@@ -194,7 +194,6 @@ class RunModel:
     def __init__(self, history: History | None = None) -> None:
         self.history = history or History()
         self._wall = 0.0  # epoch seconds at t == 0 of the current run
-        self._health_answered = False
         self.target = ""
         self.base_url = ""
         self.wall0: float | None = None
@@ -252,7 +251,7 @@ class RunModel:
                 for probe in self.probes.values():
                     probe.interrupt()
             self.current = None
-            self.history.round_finished(event.verdict, self._wall + t, self._health_answered)
+            self.history.round_finished(event.verdict, self._wall + t)
             changed.update(("header", "queue", "history", *self.probes))
         elif isinstance(event, Notice):
             self.notices.append(event)
@@ -270,7 +269,7 @@ class RunModel:
         if self.wall0 is None:
             self.wall0 = event.wall
         self.started_t = event.t
-        self._wall, self._health_answered = event.wall, False
+        self._wall = event.wall
         self.history.round_started(event.wall + event.t)
         self.runs += 1
         self.running = True
@@ -288,11 +287,9 @@ class RunModel:
         ev = event.evidence
         if ev is None:
             return
-        if isinstance(ev, HttpEvidence) and ev.http_status is not None:
-            self._health_answered = True
-            if ev.version:
-                self.version = ev.version
-                self.history.build_seen(ev.version, self._wall + event.t)
+        if isinstance(ev, HttpEvidence) and ev.version:
+            self.version = ev.version
+            self.history.build_seen(ev.version, self._wall + event.t)
         elif isinstance(ev, AuthEvidence) and ev.token:
             self.token = ev
 

@@ -14,6 +14,7 @@ from .closecodes import WHO_CLOSED, close_meaning, close_sentence
 from . import sanitize
 from .frames import classify
 from .model import ProbeModel, RunModel
+from .watch import duration_words
 
 
 def probe_record(p: ProbeModel) -> dict[str, Any]:
@@ -50,6 +51,7 @@ def to_json(model: RunModel) -> dict[str, Any]:
         "finished_at": _iso(model, model.finished.t if model.finished else None),
         "verdict": model.verdict,
         "probes": [probe_record(p) for p in _reported(model)],
+        **model.history.report(),
     }
 
 
@@ -114,6 +116,39 @@ def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def _when(wall: float | None) -> str:
+    return "" if wall is None else datetime.fromtimestamp(wall, tz=timezone.utc).strftime("%H:%M:%S")
+
+
+def _watch_markdown(model: RunModel) -> list[str]:
+    """A watch leads with its outages, then the changes and builds: what a deploy's reader asks first."""
+    h = model.history
+    if h.total_rounds <= 1 and not h.outages:
+        return []
+    out = [f"### Watch: {h.total_rounds} rounds, {h.failed_rounds} failed · verdict is the last round's", ""]
+    if h.outages:
+        out += ["**Outages** (UTC)", "", "| probe | down from | back at | for | rounds | first cause | builds |",
+                "|---|---|---|---:|---:|---|---|"]
+        for o in h.outages:
+            took = duration_words(o.duration_s) if o.duration_s is not None else "**still down**"
+            cause = f"{o.first_diagnosis or ''}" + (f" at {o.first_stage}" if o.first_stage else "")
+            out.append(f"| {o.probe} | {_when(o.start)} | {_when(o.end) or '—'} | {took} | {o.rounds} | "
+                       f"{_md_cell(cause)} | {_md_cell(', '.join(o.builds))} |")
+        out.append("")
+    else:
+        out += ["No outage: no probe was DOWN.", ""]
+    changes = list(h.timeline)[-30:]
+    if changes:
+        out += ["**Changes** (UTC" + (", the last 30" if len(h.timeline) > 30 else "") + ")", ""]
+        out += [f"- {_when(c.at)} {_md_cell(c.text)}" for c in changes]
+        out.append("")
+    if h.builds:
+        out += ["**Builds:** " + " → ".join(f"`{b.build}` ({_when(b.first_seen)}–{_when(b.last_seen)})"
+                                           for b in list(h.builds)[-10:]), ""]
+    out += ["**Last round:**", ""]
+    return out
+
+
 def write_markdown(model: RunModel) -> str:
     probes = _reported(model)
     passed = sum(p.status == "pass" for p in probes)
@@ -124,6 +159,7 @@ def write_markdown(model: RunModel) -> str:
            + (f" · the latest result of each probe over {model.runs} runs (this line: the last run)"
               if model.runs > 1 else ""),
            "",
+           *_watch_markdown(model),
            "| P | probe | status | ms | failed at |",
            "|---|---|---|---:|---|"]
     for p in probes:

@@ -112,14 +112,24 @@ class BuildSpan:
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """A line of the timeline: a flip or a build change, said in words. Probes not attempted because the target
-    was unreachable share one line per round (`probes`)."""
+    """A line of the timeline: a flip or a build change, said in words. Probes that flip alike in one round (the
+    same state, stage and cause) share one line."""
     at: float
     kind: str  # down, up, degraded, pending, build
-    probe: str | None
-    text: str
+    probes: tuple[str, ...]  # empty for a build change
+    tail: str  # what happened, after the probes' names
     round: int = 0
-    probes: tuple[str, ...] = ()
+
+    @property
+    def probe(self) -> str | None:
+        return self.probes[0] if self.probes else None
+
+    @property
+    def text(self) -> str:
+        if not self.probes:
+            return self.tail
+        names = ", ".join(self.probes[:3]) + (f" +{len(self.probes) - 3}" if len(self.probes) > 3 else "")
+        return f"{names} {self.tail}"
 
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
@@ -181,7 +191,7 @@ class History:
         self.total_rounds = 0
         self.failed_rounds = 0
         self.new_flips: list[Flip] = []  # since the last `take_flips()`: what a live front end alerts on
-        self.build_reachable = True  # did health answer in the last finished round
+        self.build_reachable = True  # did health report the build in the last finished round
         self._with_detail: deque[Round] = deque()
 
     def configure(self, confirm: int | None = None, keep_rounds: int | None = None) -> None:
@@ -213,7 +223,7 @@ class History:
             return
         self.builds.append(BuildSpan(build, wall, wall, rnd.n))
         if last is not None:
-            self.timeline.append(Change(wall, "build", None, f"build {last.build} → {build}"))
+            self.timeline.append(Change(wall, "build", (), f"build {last.build} → {build}", rnd.n))
         for mon in self.monitors.values():
             if mon.outage is not None and build not in mon.outage.builds:
                 mon.outage.builds.append(build)
@@ -262,26 +272,23 @@ class History:
             self._tell(flip)
 
     def _tell(self, flip: Flip) -> None:
+        if flip.before is None and flip.after == "UP":
+            return  # the first state seen, and all is well: nothing changed that a person needs to read
+        change = Change(flip.at, flip.after.lower(), (flip.probe,), self._flip_words(flip), flip.round)
         last = self.timeline[-1] if self.timeline else None
-        if flip.diagnosis == UNREACHABLE and flip.after in ("DOWN", "PENDING"):
-            group: tuple[str, ...] = (flip.probe,)
-            if last is not None and last.probes and last.round == flip.round and last.kind == flip.after.lower():
-                self.timeline.pop()
-                group = (*last.probes, flip.probe)
-            shown = ", ".join(group[:3]) + (f" +{len(group) - 3}" if len(group) > 3 else "")
-            self.timeline.append(Change(flip.at, flip.after.lower(), flip.probe,
-                                        f"{shown} {flip.after} — not attempted: target unreachable",
-                                        flip.round, group))
-            return
-        self.timeline.append(Change(flip.at, flip.after.lower(), flip.probe, self._flip_words(flip), flip.round))
+        if last is not None and last.probes and (last.round, last.kind, last.tail) == (
+                change.round, change.kind, change.tail):
+            self.timeline.pop()
+            change = Change(last.at, last.kind, (*last.probes, flip.probe), last.tail, last.round)
+        self.timeline.append(change)
 
-    def round_finished(self, verdict: str, wall: float, health_answered: bool) -> None:
+    def round_finished(self, verdict: str, wall: float) -> None:
         rnd = self.current
         if rnd is None:
             return
         rnd.verdict, rnd.finished_at = verdict, wall
         self.failed_rounds += verdict == "fail"
-        self.build_reachable = health_answered
+        self.build_reachable = rnd.build is not None or not self.builds  # else the build shown is stale
 
     # --- reading ------------------------------------------------------------------------------------------------
     def take_flips(self) -> list[Flip]:
@@ -313,6 +320,16 @@ class History:
         series = list(self.latencies.get((probe_id, stage), ()))
         return series, percentile(series, 0.5), percentile(series, 0.95)
 
+    def changes(self, n: int) -> list[Change]:
+        """The timeline entries of round `n`, in order."""
+        out: list[Change] = []
+        for change in reversed(self.timeline):
+            if change.round < n:
+                break
+            if change.round == n:
+                out.append(change)
+        return out[::-1]
+
     def builds_between(self, start: float, end: float | None) -> list[str]:
         return [b.build for b in self.builds if b.last_seen >= start and (end is None or b.first_seen <= end)]
 
@@ -323,17 +340,20 @@ class History:
 
     # --- words --------------------------------------------------------------------------------------------------
     def _flip_words(self, flip: Flip) -> str:
+        """What happened, after the probe's name: 'DOWN at ready — closed-before-ready (build v1 → v2)'."""
+        if flip.diagnosis == UNREACHABLE:
+            return f"{flip.after} — not attempted: target unreachable"
         if flip.after in ("DOWN", "PENDING"):
             why = f" — {flip.diagnosis}" if flip.diagnosis else ""
             at = f" at {flip.stage}" if flip.stage else ""
-            return f"{flip.probe} {flip.after}{at}{why}{self._build_words(flip)}"
+            return f"{flip.after}{at}{why}{self._build_words(flip)}"
         if flip.after == "DEGRADED":
-            return f"{flip.probe} DEGRADED — {flip.stage} slower than its threshold{self._build_words(flip)}"
+            return f"DEGRADED — {flip.stage} slower than its threshold{self._build_words(flip)}"
         ended = next((o for o in reversed(self.outages) if o.probe == flip.probe and o.end == flip.at), None)
         if ended is not None and ended.duration_s is not None:
-            return (f"{flip.probe} UP — outage {duration_words(ended.duration_s)}, {ended.rounds} "
+            return (f"UP — outage {duration_words(ended.duration_s)}, {ended.rounds} "
                     f"round{'s' if ended.rounds != 1 else ''}{self._build_words(flip)}")
-        return f"{flip.probe} UP{self._build_words(flip)}"
+        return f"UP{self._build_words(flip)}"
 
     def _build_words(self, flip: Flip) -> str:
         if not flip.build:

@@ -68,8 +68,8 @@ class Http(StepKind):
                 ev.version_missing, ev.body = True, ctx.redact(resp.text[:200])
                 raise StageFailed(f"GET {path}: no '{p.version_field}' field to compare with {expected}",
                                   evidence=ev)
-        return " · ".join(details), HttpEvidence(version=versions[0] if versions else None,
-                                                 expected_version=expected)
+        return " · ".join(details), HttpEvidence(url=ev.url, http_status=ev.http_status,
+                                                 version=versions[0] if versions else None, expected_version=expected)
 
     async def _get(self, step: Step, ctx: ProbeContext, url: str) -> httpx.Response:
         ctx.run.check_host(url)
