@@ -211,3 +211,31 @@ def test_a_closed_pipe_and_ctrl_c_keep_the_reports_and_exit_130(tmp_path):
     assert proc.wait(timeout=20) == 130
     data = json.loads(report.read_text())
     assert data["rounds"] and "outages" in data and "flips" in data and "builds" in data
+
+
+async def test_replay_of_a_watch_recording_tells_the_same_outages(fast_config, tmp_path):
+    from click.testing import CliRunner
+
+    from tui.cli import main
+
+    sb = Sandbox(SandboxOptions(build="v1"))
+    await sb.start()
+    summary = RunModel(History(confirm=2))
+    rec = tmp_path / "watch.jsonl"
+    try:
+        req = _request(fast_config, sb, tmp_path, watch=0.05, count=1, bell=False, quiet=True, record_path=rec)
+        req.options.only = ("golden-path",)
+        for fault in ("none", "closed-before-ready", "closed-before-ready", "none"):
+            sb.switch(fault=fault)
+            await _run(req, summary, [])
+    finally:
+        await sb.stop()
+    live = to_json(summary)
+    assert [o["probe"] for o in live["outages"]] == ["golden-path"]
+    result = CliRunner().invoke(main, ["replay", str(rec), "--json"])
+    replayed = json.loads(result.output)
+    for key in ("rounds", "flips", "outages", "builds"):
+        assert replayed[key] == live[key], key
+    md = CliRunner().invoke(main, ["replay", str(rec), "--markdown"]).output
+    assert md.index("**Outages**") < md.index("| P | probe |")
+    assert "closed-before-ready at handshake" in md

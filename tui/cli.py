@@ -26,9 +26,26 @@ from probes.runner import RunOptions
 from probes.net import is_loopback
 from probes.safety import looks_like_production
 from probes.sanitize import one_line
-from probes.sandbox import FAULTS
+from probes.watch import parse_duration
+from probes.sandbox import FAULTS, DeployStep, parse_deploy
 
 FAULT_CHOICE = click.Choice(list(FAULTS))
+
+
+class _Duration(click.ParamType):
+    """10s, 500ms, 2m, 1h; a bare number is seconds."""
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, (int, float)):
+            return float(value)
+        try:
+            return parse_duration(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DURATION = _Duration()
 
 
 def fail(message: str) -> NoReturn:
@@ -156,13 +173,21 @@ def main(ctx: click.Context, config_path: str | None, target: str | None, url: s
         return
     config, resolved, options = _prepare(config_path, target, url, fault, expect_version, fail_fast, only,
                                          max_priority, insecure, allow_production)
-    _open_app(config, resolved, options, _record_path(record_path, no_record, resolved.name))
+    _open_app(config, resolved, options, _record_path(record_path, no_record, resolved.name, config))
 
 
-def _record_path(record_path: str | None, no_record: bool, target: str) -> Path | None:
+def _record_path(record_path: str | None, no_record: bool, target: str, config: Config) -> Path | None:
+    """Where to record: the path named with --record, or a new file in the default folder, which is pruned first
+    (config.recording: keep_files, keep_days; a named path and its folder are never pruned)."""
     if no_record:
         return None
-    return Path(record_path) if record_path else default_recording_path(target)
+    if record_path:
+        return Path(record_path)
+    from probes.retention import prune_recordings
+
+    path = default_recording_path(target)
+    prune_recordings(path.parent, config.recording.keep_files, config.recording.keep_days)
+    return path
 
 
 def _open_app(config: Config, target: ResolvedTarget | None, options: RunOptions, record: Path | None,
@@ -182,23 +207,62 @@ def _open_app(config: Config, target: ResolvedTarget | None, options: RunOptions
 @click.option("--no-record", is_flag=True, help="Do not record the session.")
 @click.option("--verbose", "-v", is_flag=True, help="Also print skipped stages and diagnosis evidence.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing; rely on the exit code and reports.")
-@click.option("--watch", type=click.FloatRange(min=0.1), metavar="SECONDS",
-              help="Repeat the queue every SECONDS (while a deploy rolls) until Ctrl-C or --count.")
+@click.option("--watch", "watch_every", type=DURATION, metavar="INTERVAL",
+              help="Run the queue in rounds every INTERVAL (10s, 2m; a bare number is seconds) while a deploy "
+                   "rolls: a line per round and per change. Until Ctrl-C, --count, --for or --until-*.")
 @click.option("--count", type=click.IntRange(min=1), metavar="N", help="With --watch: stop after N rounds.")
+@click.option("--for", "for_s", type=DURATION, metavar="DURATION", help="With --watch: stop after this long (30m).")
+@click.option("--until-pass", is_flag=True, help="With --watch: end (exit 0) at the first round that passes.")
+@click.option("--until-version", metavar="BUILD",
+              help="With --watch: end (exit 0) once health reports BUILD and the round passes (the deploy landed).")
+@click.option("--jsonl", "jsonl_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="With --watch: append one JSON object per round to this file as it happens.")
+@click.option("--on-change", metavar="CMD",
+              help="With --watch: run CMD on every flip (DOWN, UP, DEGRADED), the flip as JSON on its stdin.")
+@click.option("--no-bell", is_flag=True, help="With --watch: no terminal bell on a flip.")
 def run(config_path: str | None, target: str | None, url: str | None, fault: str, expect_version: str | None,
         fail_fast: bool, only: tuple[str, ...], max_priority: int | None, insecure: bool, allow_production: bool,
         json_path: Path | None, junit_path: Path | None, markdown_path: Path | None, record_path: str | None,
-        no_record: bool, verbose: bool, quiet: bool, watch: float | None, count: int | None) -> None:
-    """Run the probe queue headless: a line per stage, a verdict, reports. Exit 0 pass, 1 fail, 2 usage."""
-    if count is not None and watch is None:
-        fail("--count goes with --watch")
+        no_record: bool, verbose: bool, quiet: bool, watch_every: float | None, count: int | None,
+        for_s: float | None, until_pass: bool, until_version: str | None, jsonl_path: Path | None,
+        on_change: str | None, no_bell: bool) -> None:
+    """Run the probe queue headless: a line per stage, a verdict, reports. Exit 0 pass, 1 fail, 2 usage.
+
+    With --watch, the queue runs in rounds: a line per round, a line per flip; the reports describe the whole
+    watch (rounds, flips, outages, builds) and its verdict is the last round's."""
+    given = {"--count": count is not None, "--for": for_s is not None, "--until-pass": until_pass,
+             "--until-version": until_version is not None, "--jsonl": jsonl_path is not None,
+             "--on-change": on_change is not None, "--no-bell": no_bell}
+    if watch_every is None:
+        orphan = next((name for name, on in given.items() if on), None)
+        if orphan:
+            fail(f"{orphan} goes with --watch")
+    elif watch_every < 0.05:
+        fail("--watch: the interval must be at least 50ms")
     config, resolved, options = _prepare(config_path, target, url, fault, expect_version, fail_fast, only,
                                          max_priority, insecure, allow_production)
     _check_credentials(config, resolved, options)
     req = HeadlessRequest(config, resolved, options, json_path, junit_path, markdown_path,
-                          _record_path(record_path, no_record, resolved.name), verbose, quiet, watch=watch,
-                          count=count)
+                          _record_path(record_path, no_record, resolved.name, config), verbose, quiet,
+                          watch=watch_every, count=count, for_s=for_s, until_pass=until_pass,
+                          until_version=until_version, jsonl_path=jsonl_path, on_change=on_change,
+                          bell=config.watch.bell and not no_bell,
+                          record_max_bytes=int(config.recording.max_file_mb * 1024 * 1024))
     sys.exit(run_headless(req))
+
+
+_DEPLOY_HELP = ('Play a deploy, e.g. "0s ok@v1, 5s restart, 7s closed-before-ready@v2, 12s ok@v2": steps '
+                '<offset> <ok|FAULT|down|restart>[@BUILD], offsets from the start.')
+
+
+def _deploy_steps(script: str | None) -> list[DeployStep] | None:
+    """The parsed --deploy script, or None without one; a bad script is a usage error (one line, exit 2)."""
+    if script is None:
+        return None
+    try:
+        return parse_deploy(script)
+    except ValueError as exc:
+        fail(str(exc))
 
 
 @main.command()
@@ -207,12 +271,15 @@ def run(config_path: str | None, target: str | None, url: str | None, fault: str
 @click.option("--fault", type=FAULT_CHOICE, default="none", show_default=True, help="Failure mode to show.")
 @click.option("--flood", "flood_count", default=None, type=click.IntRange(1), help="Frames per message (flood).")
 @click.option("--delay", default=None, type=click.FloatRange(0), help="Seconds between agent events (slow-agent).")
+@click.option("--deploy", "deploy_script", metavar="SCRIPT", help=_DEPLOY_HELP)
 @click.option("--list-faults", is_flag=True, help="List the faults and exit.")
 def sandbox(host: str, port: int, fault: str, flood_count: int | None, delay: float | None,
-            list_faults: bool) -> None:
+            deploy_script: str | None, list_faults: bool) -> None:
     """Run the sandbox server standalone, so another terminal can probe it with `stagewatch run --url`."""
+    from datetime import datetime
+
     from probes.handoff import remove_handoff, write_handoff
-    from probes.sandbox import SANDBOX_BUILD, Sandbox, SandboxOptions
+    from probes.sandbox import Sandbox, SandboxOptions
     from probes.sandbox.server import fault_help
 
     if list_faults:
@@ -220,7 +287,7 @@ def sandbox(host: str, port: int, fault: str, flood_count: int | None, delay: fl
         return
     if not is_loopback(host):
         fail("the sandbox listens on loopback only (127.0.0.1, localhost or ::1)")
-    opts = SandboxOptions(fault=fault)
+    opts = SandboxOptions(fault=fault, deploy=_deploy_steps(deploy_script))
     if os.environ.get("JWT_SECRET_KEY"):
         opts.secret = os.environ["JWT_SECRET_KEY"]
     if flood_count is not None:
@@ -228,22 +295,33 @@ def sandbox(host: str, port: int, fault: str, flood_count: int | None, delay: fl
     if delay is not None:
         opts.delay = delay
 
+    def applied(step: DeployStep) -> None:  # one line, with the wall time it was applied
+        click.echo(f"{datetime.now().strftime('%H:%M:%S.%f')[:-3]}  {one_line(step.describe())}")
+
     async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+            if sig is not None:  # every way a terminal or a supervisor ends it removes the hand-off file
+                loop.add_signal_handler(sig, stop.set)
         sb = Sandbox(opts, host=host, port=port)
         try:
             await sb.start()
         except OSError as exc:
             fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
-        write_handoff(sb.port, opts.secret, SANDBOX_BUILD)
-        click.echo(f"stagewatch sandbox on {sb.base_url} (ws {sb.base_url.replace('http', 'ws')}{opts.ws_path}) "
-                   f"· fault: {fault} — {FAULTS[fault]}")
-        click.echo(f"health reports build {sb.build}; release build {SANDBOX_BUILD}")
-        click.echo(f"probe it:  stagewatch run --url {sb.base_url}     (Ctrl-C to stop)")
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         try:
+            write_handoff(sb.port, opts.secret, sb.release_build)
+            click.echo(f"stagewatch sandbox on {sb.base_url} (ws {sb.base_url.replace('http', 'ws')}"
+                       f"{opts.ws_path}) · fault: {fault} — {FAULTS[fault]}")
+            if opts.deploy:
+                click.echo(f"health reports build {sb.build}; deploy of {len(opts.deploy)} steps playing (no "
+                           "release build: runs expect one only with --expect-version)")
+            else:
+                click.echo(f"health reports build {sb.build}; release build {sb.release_build}")
+            click.echo(f"probe it:  stagewatch run --url {sb.base_url}     (Ctrl-C to stop)")
+            for step in (opts.deploy or [])[:sb.applied]:  # the steps at 0s, applied by start()
+                applied(step)
+            sb.on_step.append(applied)
             await stop.wait()
         finally:
             remove_handoff(sb.port)
@@ -274,16 +352,25 @@ def repro(config_path: str | None, target: str | None, url: str | None, allow_pr
 @main.command()
 @click.option("--config", "config_path", metavar="PATH", help="Config file.")
 @click.option("--fault", type=FAULT_CHOICE, default="none", show_default=True, help="Failure mode to show.")
+@click.option("--deploy", "deploy_script", metavar="SCRIPT", help=_DEPLOY_HELP)
 @click.option("--record", "record_path", metavar="PATH", help="Record the session here.")
 @click.option("--no-record", is_flag=True, help="Do not record the session.")
-def demo(config_path: str | None, fault: str, record_path: str | None, no_record: bool) -> None:
-    """Open the live monitor against the embedded sandbox with a fault switched on."""
+def demo(config_path: str | None, fault: str, deploy_script: str | None, record_path: str | None,
+         no_record: bool) -> None:
+    """Open the live monitor against the embedded sandbox with a fault switched on (or a deploy playing)."""
+    from probes.sandbox import SandboxOptions
+
+    steps = _deploy_steps(deploy_script)
     config = _config(config_path)
     if SANDBOX not in [t.base_url for t in config.targets.values()]:
         fail("the config has no sandbox target (base_url: sandbox)")
     name = next(n for n, t in config.targets.items() if t.base_url == SANDBOX)
     resolved = _target(config, name, None, allow_production=False, insecure=False)
-    _open_app(config, resolved, RunOptions(fault=fault), _record_path(record_path, no_record, f"demo-{fault}"))
+    options = RunOptions(fault=fault)
+    if steps is not None:  # one sandbox plays it across the app's rounds (shared_sandbox)
+        options.sandbox_options = SandboxOptions(fault=fault, ws_path=resolved.protocol.ws_path, deploy=steps)
+    label = f"demo-{fault}" if steps is None else "demo-deploy"
+    _open_app(config, resolved, options, _record_path(record_path, no_record, label, config))
 
 
 @main.command()
@@ -305,7 +392,9 @@ def replay(recording: Path, config_path: str | None, markdown: bool, as_json: bo
         click.echo(f"stagewatch: warning: {one_line(str(recording))} is a version {rec.version} recording (this "
                    f"stagewatch reads version {RECORDING_VERSION}); showing what it can", err=True)
     if markdown or as_json:
-        model = RunModel()
+        config = _config(config_path)
+        model = RunModel()  # a watch's recording: the same rounds, flips and outages as it had live
+        model.history.configure(confirm=config.watch.confirm, keep_rounds=config.watch.keep_rounds)
         model.apply_all(rec.events)
         click.echo(write_markdown(model) if markdown else write_json(model), nl=False)
         return
