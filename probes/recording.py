@@ -8,6 +8,10 @@ kept as they come and formatted a block at a time (`encode_frames`: C-level pass
 strings), never one line of Python per frame. The file is created 0600. A write error (disk full, unwritable
 path) stops recording with a Notice; the run goes on. The reader tolerates a truncated last line (a crash
 mid-write).
+
+With a cap (`max_bytes`, from `config.recording.max_file_mb`) a long watch rotates into part files next to the
+first (`probes.rotation`), written by whoever writes the bytes (the writer process with offload); `read_recording`
+reads a rotated recording whole, within a size budget. Pruning the default folder is `probes.retention`'s.
 """
 
 from __future__ import annotations
@@ -30,9 +34,10 @@ from typing import Any
 import orjson
 import platformdirs
 
-from .events import (AnyEvent, Closed, Event, Frame, Notice, ProbeFinished, RunFinished, StageFinished,
+from .events import (AnyEvent, Closed, Event, Frame, Notice, ProbeFinished, RunFinished, RunStarted, StageFinished,
                      StageStarted, from_record, to_record)
 from .redact import Redactor
+from .rotation import PartWriter, part_path, recording_parts
 
 RECORDING_VERSION = 2  # 2: a header line, typed stage evidence ({"kind": …}); 1: no header, evidence as a dict
 FLUSH_INTERVAL = 0.1
@@ -44,14 +49,62 @@ FRAME_COST = 512
 PIPE_SIZE = 1 << 20  # the writer's pipe (Linux: the default unprivileged maximum; the default is 64 KB)
 _BOUNDARIES = (StageStarted, StageFinished, Closed, ProbeFinished, RunFinished, Notice)
 _json_str = json.encoder.encode_basestring  # C: a JSON string literal, non-ASCII kept
+# In a batch, just before a RunStarted line when the recorder rotates: a round starts here (`PartWriter.boundary`).
+# The empty line: it writes nothing wherever it is not looked for.
+ROUND_MARK = ""
+# A rotated recording read as one (`read_recording`): past this total, only the newest parts that fit are read.
+READ_PARTS_MAX_BYTES = 256 * 2**20
 _FRAME_LINE = ('{"type":"frame","t":%r,"wall_ts":%.6f,"probe_id":%s,"direction":"%s","ms":%r,"size":%d,'
                '"data":%s,"truncated":%s}\n')
 
 
+def default_recordings_dir() -> Path:
+    """The folder default recordings go to (the user data dir); the only one `prune_recordings` is meant for."""
+    return Path(platformdirs.user_data_dir("stagewatch")) / "recordings"
+
+
 def default_recording_path(target: str, now: float | None = None) -> Path:
+    """`<YYYYmmdd-HHMMSS>-<target, [alnum _-] only, at most 40>.jsonl` in the default folder (the naming
+    `probes.retention` recognises as ours)."""
     stamp = datetime.fromtimestamp(now or time.time()).strftime("%Y%m%d-%H%M%S")
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in target)[:40] or "target"
-    return Path(platformdirs.user_data_dir("stagewatch")) / "recordings" / f"{stamp}-{safe}.jsonl"
+    return default_recordings_dir() / f"{stamp}-{safe}.jsonl"
+
+
+def header_line(wall0: float, part: int | None = None, round_record: dict[str, Any] | None = None) -> str:
+    """A recording's first line. A part after the first also names its number and, when it starts in the middle
+    of a round, that round's RunStarted record (read only when the part is read on its own)."""
+    header: dict[str, Any] = {"type": "recording", "format": "stagewatch", "version": RECORDING_VERSION,
+                              "wall0": wall0}
+    if part is not None:
+        header["part"] = part
+    if round_record is not None:
+        header["round"] = round_record
+    return json.dumps(header, ensure_ascii=False, default=str) + "\n"
+
+
+def part_header(wall0: float) -> Callable[[int, dict[str, Any] | None], bytes]:
+    """The header maker `PartWriter` takes, for a recording that started at `wall0`."""
+    return lambda part, round_record: encode_lines([header_line(wall0, part, round_record)])
+
+
+def write_items(sink: PartWriter, items: list[Any], wall0: float, literals: dict[Any, bytes],
+                ids: dict[str, str]) -> int:
+    """Format a batch (`encode_items`) and write it through `sink`, telling it where rounds start (ROUND_MARK);
+    returns the write calls it took. The recorder (inline) and its writer process both write this way."""
+    if ROUND_MARK not in items:
+        return sink.write(encode_items(items, wall0, literals, ids))
+    writes = start = 0
+    for k, item in enumerate(items):
+        if type(item) is str and not item:
+            if k > start:
+                writes += sink.write(encode_items(items[start:k], wall0, literals, ids))
+            start = k + 1
+            following = items[start] if start < len(items) else None
+            writes += sink.boundary(following if type(following) is str else None)
+    if start < len(items):
+        writes += sink.write(encode_items(items[start:], wall0, literals, ids))
+    return writes
 
 
 _dumps = orjson.dumps
@@ -220,12 +273,18 @@ def frame_line(e: tuple[Any, ...], wall0: float, ids: dict[str, str]) -> str:
 
 class _WriterProcess:
     """The `probes.recwriter` child: the parent ships marshalled batches through a pipe (frames as packed columns,
-    no formatting); the child formats them and writes to the recording (the same open file, passed down). Own
+    no formatting); the child formats them and writes to the recording (the same open file, passed down) and, with
+    a cap, rotates it into parts itself (announced on its stdout as `part N` lines, read here without waiting). Own
     session: a terminal's Ctrl-C is not its."""
 
-    def __init__(self, fd: int, wall0: float) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "probes.recwriter", str(fd), repr(wall0)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    def __init__(self, fd: int, wall0: float, path: Path, max_bytes: int | None) -> None:
+        args = [sys.executable, "-m", "probes.recwriter", str(fd), repr(wall0)]
+        if max_bytes is not None:
+            args += [str(max_bytes), os.path.abspath(path)]
+        self.parts: list[int] = []  # the part numbers the child has opened (as far as it has said)
+        self._said = b""  # an unfinished line of what the child says
+        self._problems: list[str] = []
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                      pass_fds=(fd,), start_new_session=True, close_fds=True)
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.pipe = self.proc.stdin.fileno()
@@ -250,13 +309,24 @@ class _WriterProcess:
         return writes
 
     def problem(self) -> str | None:
-        """What the child said went wrong, if it said anything (never blocks)."""
+        """What the child said went wrong, if it said anything (never blocks); notes the parts it announced."""
         assert self.proc.stdout is not None
         try:
             said = self.proc.stdout.read()
         except (BlockingIOError, ValueError):
-            return None
-        return said.decode("utf-8", "replace").strip() or None if said else None
+            said = None
+        if said:
+            *lines, self._said = (self._said + said).split(b"\n")
+            for line in lines:
+                self._heard(line.decode("utf-8", "replace").strip())
+        return "\n".join(self._problems) or None
+
+    def _heard(self, line: str) -> None:
+        word, _, number = line.partition(" ")
+        if word == "part" and number.isdigit():
+            self.parts.append(int(number))
+        elif line:
+            self._problems.append(line)
 
     def close(self, timeout: float = 10.0) -> str | None:
         assert self.proc.stdin is not None
@@ -270,6 +340,10 @@ class _WriterProcess:
             self.proc.kill()
             return "the recording writer did not finish"
         said = self.problem()
+        if self._said:  # its last words, without a line end
+            self._heard(self._said.decode("utf-8", "replace").strip())
+            self._said = b""
+            said = "\n".join(self._problems) or None
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         return said or (f"the recording writer failed (exit {code})" if code else None)
@@ -294,12 +368,17 @@ def _safe_line(line: str) -> bytes:
 class Recorder:
     """Subscribe `recorder.handle` to the bus; `await recorder.start()` for the 100 ms timer; `close()` at end.
 
-    Lines are appended to `path` (created 0600 if new; an existing regular file is made 0600).
+    Lines are appended to `path` (created 0600 if new; an existing regular file is made 0600). With `max_bytes`
+    the recording rotates into parts next to it (`probes.rotation`: at the next round once over the cap, at the
+    latest before twice the cap); `path` stays the first file and `parts` lists them all. The rotation is done by
+    whoever writes (the writer process with offload): `handle` pays nothing for it but a mark before RunStarted.
     """
 
     def __init__(self, path: Path, redactor: Redactor | None = None, wall0: float | None = None,
-                 notify: Callable[[Notice], None] | None = None, offload: bool = False) -> None:
+                 notify: Callable[[Notice], None] | None = None, offload: bool = False,
+                 max_bytes: int | None = None) -> None:
         self.path = path
+        self.max_bytes = max_bytes
         self.redactor = redactor or Redactor()
         self.wall0 = time.time() if wall0 is None else wall0
         self.notify = notify
@@ -313,13 +392,18 @@ class Recorder:
         self._buffered = 0
         self._last_t = 0.0
         self._last_flush = time.monotonic()
+        self._marks = 0  # ROUND_MARKs in _buf (not lines)
         self._fd: int | None = None
+        self._sink: PartWriter | None = None  # inline: writes (and rotates) the recording's files
+        self._part_numbers: list[int] = []  # the parts after the first, once the writer has gone
         self._timer: asyncio.Task[None] | None = None
         self._writer: _WriterProcess | None = None  # offload: formatting and writing in a child process
         self._open()
+        if self._fd is not None:
+            self._sink = PartWriter(self._fd, self.path, max_bytes, part_header(self.wall0))
         if offload and self._fd is not None:
             try:
-                self._writer = _WriterProcess(self._fd, self.wall0)
+                self._writer = _WriterProcess(self._fd, self.wall0, self.path, max_bytes)
             except OSError:
                 self._writer = None  # no child to be had: format and write here, as without offload
 
@@ -338,8 +422,7 @@ class Recorder:
             self._fail(f"cannot record to {self.path}: {exc.strerror or exc}")
             return
         # the header line: first in the file, written with the first batch
-        header = json.dumps({"type": "recording", "format": "stagewatch", "version": RECORDING_VERSION,
-                             "wall0": self.wall0}) + "\n"
+        header = header_line(self.wall0)
         self._line_at.append(len(self._buf))
         self._buf.append(header)
         self._buffered += len(header)
@@ -348,11 +431,12 @@ class Recorder:
         self.error = message
         self._buf.clear()
         self._line_at.clear()
-        self._buffered = 0
+        self._buffered = self._marks = 0
         if self._writer is not None:
             self._writer.proc.kill()
             self._writer.close(1.0)
-            self._writer = None
+            self._retire_writer(self._writer)
+        self._close_sink()
         if self._fd is not None:
             try:
                 os.close(self._fd)
@@ -365,6 +449,29 @@ class Recorder:
     @property
     def active(self) -> bool:
         return self._fd is not None
+
+    @property
+    def parts(self) -> list[Path]:
+        """The recording's files so far: `path`, then the parts it rotated into (as far as the writer process has
+        said, with offload; all of them after `close`)."""
+        if self._writer is not None:
+            self._writer.problem()  # reads what it announced, without waiting
+            numbers = self._writer.parts
+        elif self._sink is not None:
+            numbers = self._sink.parts
+        else:
+            numbers = self._part_numbers
+        return [self.path] + [part_path(self.path, n) for n in numbers]
+
+    def _retire_writer(self, writer: _WriterProcess) -> None:
+        self._part_numbers = list(writer.parts)
+        self._writer = None
+
+    def _close_sink(self) -> None:
+        if self._sink is not None:  # (with offload it wrote nothing: the writer's parts stay)
+            self._part_numbers = list(self._sink.parts) or self._part_numbers
+            self._sink.close()
+            self._sink = None
 
     def _line(self, event: AnyEvent) -> str:
         if type(event) is Frame and type(event.data) is str:
@@ -397,6 +504,10 @@ class Recorder:
         except (TypeError, ValueError, RecursionError) as exc:  # an unserialisable value must not stop the run
             line = json.dumps({"type": "notice", "t": event.t, "level": "warning",
                                "message": f"{event.kind} event not recorded: {type(exc).__name__}"}) + "\n"
+        if type(event) is RunStarted and self.max_bytes is not None:  # a round starts: a part may start here
+            self._line_at.append(len(self._buf))
+            self._buf.append(ROUND_MARK)
+            self._marks += 1
         self._line_at.append(len(self._buf))
         self._buf.append(line)
         self._buffered += len(line)
@@ -434,18 +545,15 @@ class Recorder:
         self._last_flush = time.monotonic()
         if self._fd is None or not self._buf:
             return
-        count = len(self._buf)
+        count = len(self._buf) - self._marks
+        self._marks = 0
         items = self._items()
         if self._writer is not None:
             self._ship(items, count)
             return
-        data = encode_items(items, self.wall0, self._literals, self._ids)
+        assert self._sink is not None
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(self._fd, view)
-                self.writes += 1
-                view = view[written:]
+            self.writes += write_items(self._sink, items, self.wall0, self._literals, self._ids)
             self.lines_written += count
         except OSError as exc:
             self._fail(f"cannot write recording {self.path}: {exc.strerror or exc}")
@@ -480,10 +588,12 @@ class Recorder:
             self._timer = None
         self.flush()
         if self._writer is not None:  # wait until the child has written everything it was given
-            writer, self._writer = self._writer, None
+            writer = self._writer
             problem = writer.close()
+            self._retire_writer(writer)
             if problem is not None and self._fd is not None:
                 self._fail(f"cannot write recording {self.path}: {problem}")
+        self._close_sink()
         if self._fd is not None:
             try:
                 os.close(self._fd)
@@ -498,6 +608,8 @@ class Replay:
     version: int = 1  # the format version its header line names (1: a recording from before the header)
     skipped: int = 0  # malformed lines in the middle
     truncated: bool = False  # the last line was cut short (the recorder died mid-write)
+    parts: list[Path] = field(default_factory=list)  # the files read, in order (a rotated recording: several)
+    left_out: list[Path] = field(default_factory=list)  # parts not read: over the size budget, unreadable, foreign
 
     @property
     def wall0(self) -> float | None:
@@ -511,15 +623,72 @@ class RecordingError(Exception):
     """The recording cannot be read at all (missing, not a recording)."""
 
 
-def read_recording(path: str | Path) -> Replay:
+def read_recording(path: str | Path, follow_parts: bool = True, max_bytes: int = READ_PARTS_MAX_BYTES) -> Replay:
+    """Read a recording for replay. With `follow_parts` (the default) a rotated recording is read whole: `path`
+    (its first file) and then its parts (`recording_parts`), in order, each part checked to start with a
+    stagewatch header (a part that does not, or cannot be read, is left out and named in `left_out`).
+
+    Bounded: a recording in one file is read whole, as it always was (a single file is bounded by the recorder's
+    own cap when it rotates). Parts together are read up to `max_bytes` (256 MiB by default: ten parts at the
+    default 25 MB cap): past that, the newest parts that fit are read — the end of a long watch, the part that
+    matters — and at least the newest one; the older ones are named in `left_out`. A part read first on its own
+    (a part file given as `path`, or the oldest part that fit) that starts in the middle of a round gets that
+    round's RunStarted from its header, so its wall times are right; in a chain it is not repeated."""
     from .steps import kinds  # registers the step kinds, so evidence records come back typed (not imported at
     kinds()  # module level: the writer process imports this module and must start fast)
     p = Path(path)
+    files = recording_parts(p) if follow_parts else [p]
+    chosen, replay = _within_budget(files, max_bytes), Replay()
+    replay.left_out = [f for f in files if f not in chosen]
+    anything = False
+    for f in chosen:
+        try:
+            raw = f.read_bytes()
+        except OSError as exc:
+            if f == p:
+                raise RecordingError(f"{p}: cannot read recording: {exc.strerror or exc}") from None
+            replay.left_out.append(f)
+            continue
+        if f != p and not _starts_with_header(raw):
+            replay.left_out.append(f)
+            continue
+        anything = anything or bool(raw.strip())
+        _read_lines(raw, replay)
+        replay.parts.append(f)
+    if not replay.events and (replay.skipped or replay.truncated or anything):
+        raise RecordingError(f"{p}: not a stagewatch recording (no event could be read)")
+    return replay
+
+
+def _within_budget(files: list[Path], max_bytes: int) -> list[Path]:
+    """All of `files` if they fit in `max_bytes` together (or there is one), else the newest that fit (at least
+    the last)."""
+    if len(files) == 1:
+        return files
+    chosen: list[Path] = []
+    total = 0
+    for f in reversed(files):
+        try:
+            size = f.stat().st_size
+        except OSError:
+            size = 0  # read below, which says why it cannot be
+        if chosen and total + size > max_bytes:
+            break
+        chosen.append(f)
+        total += size
+    return chosen[::-1]
+
+
+def _starts_with_header(raw: bytes) -> bool:
     try:
-        raw = p.read_bytes()
-    except OSError as exc:
-        raise RecordingError(f"{p}: cannot read recording: {exc.strerror or exc}") from None
-    replay = Replay()
+        head = json.loads(raw.split(b"\n", 1)[0].decode("utf-8", "surrogatepass"))
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(head, dict) and head.get("type") == "recording" and head.get("format") == "stagewatch"
+
+
+def _read_lines(raw: bytes, replay: Replay) -> None:
+    """Add the events of one file's bytes to `replay` (a truncated last line noted, other bad lines counted)."""
     lines = raw.split(b"\n")
     last = len(lines) - 1
     for number, line in enumerate(lines):
@@ -531,8 +700,7 @@ def read_recording(path: str | Path) -> Replay:
                 raise ValueError("not an object")
             record.pop("wall_ts", None)
             if record.get("type") == "recording":  # the header line
-                version = record.get("version")
-                replay.version = version if isinstance(version, int) else 0
+                _read_header(record, replay)
                 continue
             replay.events.append(from_record(record))
         except (ValueError, UnicodeDecodeError):
@@ -540,6 +708,14 @@ def read_recording(path: str | Path) -> Replay:
                 replay.truncated = True
             else:
                 replay.skipped += 1
-    if not replay.events and (replay.skipped or replay.truncated or raw.strip()):
-        raise RecordingError(f"{p}: not a stagewatch recording (no event could be read)")
-    return replay
+
+
+def _read_header(record: dict[str, Any], replay: Replay) -> None:
+    version = record.get("version")
+    replay.version = version if isinstance(version, int) else 0
+    context = record.get("round")
+    if isinstance(context, dict) and not replay.events:  # a part read first that starts mid-round
+        try:
+            replay.events.append(from_record(context))
+        except (ValueError, TypeError, KeyError):
+            pass

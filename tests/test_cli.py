@@ -4,6 +4,7 @@ exit codes, the stage lines, the JSON report, and usage errors without traceback
 from __future__ import annotations
 
 import json
+import re
 import os
 import socket
 import subprocess
@@ -139,9 +140,12 @@ def test_usage_errors_exit_2_with_one_line(tmp_path, args, message):
 def test_watch_repeats_rounds_and_counts_each(tmp_path):
     proc = _stagewatch("run", "--no-record", "--watch", "0.1", "--count", "3", "--max-priority", "0", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    verdicts = [line for line in proc.stdout.splitlines() if line.startswith("verdict:")]
-    assert len(verdicts) == 3 and all("1/1 probes passed" in v for v in verdicts)
-    assert proc.stdout.rstrip().endswith("rounds: 3, failed: 0")
+    rounds = [line for line in proc.stdout.splitlines() if re.search(r"  #\d+ ", line)]
+    assert len(rounds) == 3 and all(re.search(r"#\d+ +2026\.11\.25-sandbox +✓  PASS", r) for r in rounds), rounds
+    assert "verdict:" not in proc.stdout  # a line per round, not per stage (that is -v)
+    verbose = _stagewatch("run", "--no-record", "--watch", "0.1", "--count", "2", "--max-priority", "0", "-v",
+                          cwd=tmp_path)
+    assert verbose.stdout.count("verdict: PASS") == 2 and len(re.findall(r"  #\d+ ", verbose.stdout)) == 2
 
 
 def test_missing_signing_secret_is_a_config_error(tmp_path):
