@@ -2,7 +2,8 @@
 
 It validates the JWT (HS256) with its own secret, echoes the `jwt.` subprotocol, sends
 `connection_established`, answers each user message with the five agent events and a response, and closes 1000
-when the client does. It listens on loopback only.
+when the client does. It listens on loopback only. Given a deploy script (`deploy.py`) it plays it from its start:
+fault and build switched in place, the listener stopped and started again on the same port.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import re
 import secrets
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,10 +28,12 @@ from websockets.http11 import Request, Response
 
 from ..auth import token_from_subprotocol
 from ..redact import redact_token
+from .deploy import DeployStep
 from .faults import DEFAULT_FLOOD, FAULTS
 
 SANDBOX_BUILD = "2026.11.25-sandbox"
 STALE_BUILD = "2026.10.02-stale"
+CLOSE_GRACE_S = 1.0  # a deploy's down/restart: how long open sessions get to finish their close handshake
 CLOCK_SKEW_S = 1200  # clock-skew fault: the server runs 20 minutes ahead (more than the token lifetime)
 AGENT_EVENTS = ("agent_started", "agent_thinking", "tool_executing", "tool_completed", "agent_completed")
 MESSAGE_TYPES = {"user_message", "chat_message", "message", "start_agent"}
@@ -44,16 +48,26 @@ class SandboxOptions:
     ready_close_after: float = 0.05  # closed-before-ready: seconds between accept and close
     secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     ws_path: str = "/ws"
+    build: str | None = None  # what health reports (default: SANDBOX_BUILD; version-mismatch: STALE_BUILD)
+    deploy: list[DeployStep] | None = None  # a script played from the start (deploy.parse_deploy)
 
     def __post_init__(self) -> None:
         if self.fault not in FAULTS:
             raise ValueError(f"unknown fault {self.fault!r} (faults: {', '.join(FAULTS)})")
 
 
-class Sandbox:
-    """`async with Sandbox(SandboxOptions(fault=...)) as sb:` then use `sb.base_url`."""
+StepCallback = Callable[[DeployStep], None]
 
-    def __init__(self, options: SandboxOptions | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+
+class Sandbox:
+    """`async with Sandbox(SandboxOptions(fault=...)) as sb:` then use `sb.base_url`.
+
+    With `options.deploy`, the script plays from `start()`: after each step `phase` names it, `on_step` callbacks
+    are called with it, and `await wait_step(n)` returns once step n has been applied.
+    """
+
+    def __init__(self, options: SandboxOptions | None = None, host: str = "127.0.0.1", port: int = 0,
+                 on_step: StepCallback | None = None) -> None:
         self.options = options or SandboxOptions()
         self.host = host
         self.port = port
@@ -61,10 +75,41 @@ class Sandbox:
         self._handlers: set[asyncio.Task[Any]] = set()
         self.connections = 0
         self.messages = 0
+        self._fault: str | None = None  # switched in place (a deploy step): wins over options.fault
+        self._build: str | None = None  # likewise over options.build
+        self.on_step: list[StepCallback] = [on_step] if on_step else []
+        self.step: DeployStep | None = None  # the deploy step applied last
+        self.applied = 0  # deploy steps applied so far
+        self._stepped = asyncio.Condition()
+        self._player: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
+        self.deploy_error: str | None = None  # why the step applied last could not listen again
 
     @property
     def fault(self) -> str:
-        return self.options.fault
+        return self._fault if self._fault is not None else self.options.fault
+
+    @property
+    def plays_deploy(self) -> bool:
+        return bool(self.options.deploy)
+
+    @property
+    def listening(self) -> bool:
+        return self._server is not None
+
+    @property
+    def phase(self) -> str:
+        """What the sandbox serves now, one line: the deploy step applied last, or its fault."""
+        if self.step is not None:
+            return self.step.describe() + (f" ({self.deploy_error})" if self.deploy_error else "")
+        return f"fault {self.fault}" + (" (deploy not started)" if self.plays_deploy else "")
+
+    @property
+    def release_build(self) -> str | None:
+        """The build a probe should expect; None while a deploy plays (builds change by design)."""
+        if self.plays_deploy:
+            return None
+        return self.options.build or SANDBOX_BUILD
 
     @property
     def secret(self) -> str:
@@ -76,9 +121,35 @@ class Sandbox:
 
     @property
     def build(self) -> str:
-        return STALE_BUILD if self.fault == "version-mismatch" else SANDBOX_BUILD
+        """What health reports now."""
+        if self.fault == "version-mismatch":
+            return STALE_BUILD
+        return self._build or self.options.build or SANDBOX_BUILD
+
+    def switch(self, fault: str | None = None, build: str | None = None) -> None:
+        """Serve `fault` and/or report `build` from now on (new connections; open ones keep their fault)."""
+        if fault is not None:
+            if fault not in FAULTS:
+                raise ValueError(f"unknown fault {fault!r} (faults: {', '.join(FAULTS)})")
+            self._fault = fault
+        if build is not None:
+            self._build = build
 
     async def start(self) -> Sandbox:
+        self._stopped.clear()
+        if self.plays_deploy:  # a deploy plays from the start again
+            self._fault = self._build = self.step = self.deploy_error = None
+            self.applied = 0
+        started = asyncio.get_running_loop().time()
+        await self._listen()
+        steps = list(self.options.deploy or ())
+        while steps and steps[0].offset <= 0:  # what it serves from the start is in place when start() returns
+            await self._apply(steps.pop(0))
+        if steps:
+            self._player = asyncio.create_task(self._play(steps, started))
+        return self
+
+    async def _listen(self) -> None:
         self._server = await serve(
             self._handle, self.host, self.port,
             process_request=self._process_request,
@@ -88,16 +159,65 @@ class Sandbox:
             ping_interval=None,
         )
         sock = next(iter(self._server.sockets))
-        self.port = sock.getsockname()[1]
-        return self
+        self.port = sock.getsockname()[1]  # port 0 asked: the one given; later listens reuse it
+
+    async def _unlisten(self, code: int | None = None, reason: str = "") -> None:
+        """Stop listening. With `code`, open sessions get that close first (a grace of CLOSE_GRACE_S)."""
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        server.close(close_connections=code is None)
+        if code is not None:
+            closing = [asyncio.create_task(ws.close(code, reason)) for ws in server.connections]
+            if closing:
+                await asyncio.wait(closing, timeout=CLOSE_GRACE_S)
+        for task in tuple(self._handlers):  # a handler asleep in a slow fault must not hold the stop
+            task.cancel()
+        await server.wait_closed()
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close(close_connections=True)
-            for task in tuple(self._handlers):  # a handler asleep in a slow fault must not hold the stop
-                task.cancel()
-            await self._server.wait_closed()
-            self._server = None
+        if self._player is not None:
+            self._player.cancel()
+            try:
+                await self._player
+            except asyncio.CancelledError:
+                pass
+            self._player = None
+        await self._unlisten()
+        self._stopped.set()
+
+    async def wait_step(self, index: int) -> DeployStep:
+        """Wait until deploy step `index` (1-based) has been applied; returns the step applied last."""
+        async with self._stepped:
+            await self._stepped.wait_for(lambda: self.applied >= index)
+        assert self.step is not None
+        return self.step
+
+    async def _play(self, steps: list[DeployStep], started: float) -> None:
+        """The deploy: each step at its offset from `started` (loop time)."""
+        loop = asyncio.get_running_loop()
+        for step in steps:
+            delay = started + step.offset - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await self._apply(step)
+
+    async def _apply(self, step: DeployStep) -> None:
+        self.switch(fault=step.fault, build=step.build)
+        self.deploy_error = None
+        if not step.listening:
+            await self._unlisten(*((1012, "service restart") if step.what == "restart" else (1001, "going away")))
+        elif self._server is None:
+            try:
+                await self._listen()
+            except OSError as exc:  # the port was taken meanwhile: down until a later step listens again
+                self.deploy_error = f"cannot listen again on {self.host}:{self.port}: {exc.strerror or exc}"
+        self.step = step
+        self.applied += 1
+        for callback in self.on_step:
+            callback(step)
+        async with self._stepped:
+            self._stepped.notify_all()
 
     async def __aenter__(self) -> Sandbox:
         return await self.start()
@@ -106,8 +226,8 @@ class Sandbox:
         await self.stop()
 
     async def serve_forever(self) -> None:
-        assert self._server is not None
-        await self._server.serve_forever()
+        """Until `stop()` (a deploy may stop and start the listener meanwhile)."""
+        await self._stopped.wait()
 
     # --- HTTP -------------------------------------------------------------------------------------------
     def _date(self) -> str:
