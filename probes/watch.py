@@ -373,6 +373,8 @@ def _tail(rounds: deque[Round], last: int) -> Iterator[Round]:
 def _cell(probe: ProbeModel) -> tuple[str, str | None, str | None]:
     """pass / degraded / fail / skip, the stage that says why, and the first diagnosis code."""
     code = str(probe.diagnoses[0].get("code")) if probe.diagnoses else None
+    if probe.status == "error" and probe.failed is None and probe.current_stage is not None:
+        return "skip", None, None  # interrupted mid-stage (Ctrl-C, a rerun): it did not fail, it was stopped
     if probe.status in ("fail", "error"):
         failed = probe.failed
         return "fail", failed.name if failed else probe.failed_stage, code

@@ -239,3 +239,14 @@ async def test_replay_of_a_watch_recording_tells_the_same_outages(fast_config, t
     md = CliRunner().invoke(main, ["replay", str(rec), "--markdown"]).output
     assert md.index("**Outages**") < md.index("| P | probe |")
     assert "closed-before-ready at handshake" in md
+
+
+def test_a_probe_interrupted_mid_stage_is_not_a_failure():
+    model = RunModel(History(confirm=1))
+    _round(model, 0, {"gp": ("pass", 10)})
+    model.apply(RunStarted(10, "staging", "https://x", (("gp", "gp", 0),), WALL))
+    model.apply(ProbeStarted(10, "gp", "gp", 0, ("health",)))
+    model.apply(StageStarted(10, "gp", "health", "http", 5.0))
+    model.apply(ProbeFinished(10.5, "gp", "error", 500.0, "health", 0, 0))  # cancelled: no StageFinished
+    model.apply(RunFinished(10.5, "interrupted", 500.0))
+    assert model.history.state("gp") == "UP" and model.history.current.probes["gp"].cell == "skip"
