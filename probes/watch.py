@@ -193,6 +193,15 @@ class History:
         self.new_flips: list[Flip] = []  # since the last `take_flips()`: what a live front end alerts on
         self.build_reachable = True  # did health report the build in the last finished round
         self._with_detail: deque[Round] = deque()
+        self._results: dict[ProbeRound, ProbeRound] = {}
+        self._patterns: dict[tuple[tuple[str, ProbeRound], ...], dict[str, ProbeRound]] = {}
+
+    def _shared(self, result: ProbeRound) -> ProbeRound:
+        """One object per distinct result (a watch repeats the same few thousands of times)."""
+        shared = self._results.setdefault(result, result)
+        if len(self._results) > 10_000:
+            self._results.clear()
+        return shared
 
     def configure(self, confirm: int | None = None, keep_rounds: int | None = None) -> None:
         if confirm is not None:
@@ -216,11 +225,12 @@ class History:
         rnd = self.current
         if rnd is None:
             return
-        rnd.build = build
         last = self.builds[-1] if self.builds else None
         if last is not None and last.build == build:
+            rnd.build = last.build  # one string for every round of a build
             last.last_seen = wall
             return
+        rnd.build = build
         self.builds.append(BuildSpan(build, wall, wall, rnd.n))
         if last is not None:
             self.timeline.append(Change(wall, "build", (), f"build {last.build} → {build}", rnd.n))
@@ -244,7 +254,7 @@ class History:
         cell, stage_name, code = _cell(probe)
         mon = self.monitors.setdefault(probe.id, _Monitor())
         if cell == "skip":
-            rnd.probes[probe.id] = ProbeRound(cell, mon.state)
+            rnd.probes[probe.id] = self._shared(ProbeRound(cell, mon.state))
             return
         before = mon.state
         if cell == "fail":
@@ -264,7 +274,7 @@ class History:
                     mon.outage.end = wall
                 mon.outage = None
         mon.state = after
-        rnd.probes[probe.id] = ProbeRound(cell, after, stage_name, code)
+        rnd.probes[probe.id] = self._shared(ProbeRound(cell, after, stage_name, code))
         if after != before:
             flip = Flip(wall, probe.id, before, after, rnd.n, stage_name, code, rnd.build)
             self.flips.append(flip)
@@ -287,6 +297,10 @@ class History:
         if rnd is None:
             return
         rnd.verdict, rnd.finished_at = verdict, wall
+        # Rounds alike share one summary: a watch repeats the same few outcomes, so long watches stay flat.
+        rnd.probes = self._patterns.setdefault(tuple(rnd.probes.items()), rnd.probes)
+        if len(self._patterns) > 10_000:
+            self._patterns.clear()
         self.failed_rounds += verdict == "fail"
         self.build_reachable = rnd.build is not None or not self.builds  # else the build shown is stale
 
