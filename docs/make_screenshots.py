@@ -1,29 +1,37 @@
 """Regenerate the README screenshots from the live app against the embedded sandbox.
 
-    python docs/make_screenshots.py
+    python docs/make_screenshots.py          # all of them
+    python docs/make_screenshots.py watch    # only docs/screenshot-watch.svg
 
 Writes docs/screenshot.svg (a passing run) and docs/screenshot-closed-before-ready.svg (the demo fault), each
-taken with App.save_screenshot once the run has finished, at 160x45.
+taken with App.save_screenshot once the run has finished, at 160x45; and docs/screenshot-watch.svg: a watch of a
+deploy the sandbox plays (v1, then v2 closing the WebSocket before connection_established, a restart, v2 healthy),
+taken once the outage has ended — the history strips, the build lane and the timeline.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from pathlib import Path
 
 from probes.config import load_config, resolve_target
 from probes.runner import RunOptions
+from probes.sandbox import SandboxOptions, parse_deploy
 from tui.app import StagewatchApp
 
 DOCS = Path(__file__).resolve().parent
+SIZE = (160, 45)
 SHOTS = {"none": "screenshot.svg", "closed-before-ready": "screenshot-closed-before-ready.svg"}
+DEPLOY = "0s ok@v1, 2s closed-before-ready@v2, 5s restart, 6.5s ok@v2"
+WATCH_S = 0.5  # between rounds: the deploy plays out in about ten seconds
 
 
 async def shoot(fault: str, filename: str) -> None:
     config = load_config(None)
     app = StagewatchApp(config, resolve_target(config, "sandbox"), RunOptions(fault=fault), None)
-    async with app.run_test(size=(160, 45)) as pilot:
+    async with app.run_test(size=SIZE) as pilot:
         deadline = time.monotonic() + 30
         while app.state.verdict is None or app.state.running:
             if time.monotonic() > deadline:
@@ -34,6 +42,34 @@ async def shoot(fault: str, filename: str) -> None:
     print(DOCS / filename)
 
 
+async def shoot_watch(filename: str = "screenshot-watch.svg") -> None:
+    """A deploy watched round by round, shot a few rounds after every probe is UP again."""
+    config = load_config(None)
+    target = resolve_target(config, "sandbox")
+    options = RunOptions(sandbox_options=SandboxOptions(ws_path=target.protocol.ws_path,
+                                                        deploy=parse_deploy(DEPLOY)))
+    app = StagewatchApp(config, target, options, None, watch=WATCH_S, bell=False)
+    async with app.run_test(size=SIZE) as pilot:
+        deadline = time.monotonic() + 60
+        history = app.state.history
+        while True:
+            back = [f.round for f in history.flips if f.before == "DOWN" and f.after == "UP"]
+            if back and all(history.state(p) == "UP" for p in app.state.order) and \
+                    history.total_rounds >= max(back) + 3 and not app.state.running:
+                break
+            if time.monotonic() > deadline:
+                raise SystemExit("the deploy's outage did not end in time")
+            await pilot.pause(0.05)
+        app.action_watch()  # stop: the header says so, and nothing moves while the shot is taken
+        await pilot.pause(0.5)
+        app.save_screenshot(filename, path=str(DOCS))
+    print(DOCS / filename)
+
+
 if __name__ == "__main__":
+    wanted = set(sys.argv[1:]) or {"none", "closed-before-ready", "watch"}
     for fault_name, name in SHOTS.items():
-        asyncio.run(shoot(fault_name, name))
+        if fault_name in wanted:
+            asyncio.run(shoot(fault_name, name))
+    if "watch" in wanted:
+        asyncio.run(shoot_watch())

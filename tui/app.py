@@ -1,6 +1,11 @@
 """The stagewatch Textual app: one screen showing the probe queue, the focused probe's stages, its frames, its
 close and diagnosis, fed only by engine events (live from the bus, or from a recording at recorded pace).
 
+Watching (`--watch`, `w`): the queue runs in rounds inside one long engine run (`tui.watching.run_rounds`, one
+shared sandbox for all rounds); the state's `History` folds them, and each flip it reports sets off a toast, the
+bell and `--on-change`. The queue rows grow a history strip whose cells select a past round; the middle row's
+right-hand pane shows the timeline or per-stage latency (`t`) instead of the frame detail.
+
 The flow is one-way. The bus subscriber is `list.append` on the app's inbox: called synchronously in the engine's
 task for every event, it costs a C call and touches nothing else. A 50 ms timer (`_tick`) takes what arrived,
 keeps the last frames of each burst in the probe's bounded buffer, folds the other events into `SessionState`
@@ -29,31 +34,40 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Footer, Input
 from textual.worker import Worker, WorkerState
 
+from probes.alerts import flip_payload, run_on_change
 from probes.bus import EventBus
 from probes.config import Config, ConfigError, ResolvedTarget, resolve_target
 from probes.events import Event, Frame, Notice
 from probes.frames import FrameInfo, pretty
+from probes.model import ProbeModel
 from probes.recording import Recorder, RecordingError, Replay, read_recording
 from probes.redact import Redactor
 from probes.safety import looks_like_production
 from probes.sanitize import one_line, visible
 from probes.runner import Clock, RunOptions, run_queue
+from probes.watch import Flip
 from tui.commands import StagewatchCommands
 from tui.engine import EngineThread
 from tui.help import HelpScreen
 from tui.player import Player, speed_label
-from tui.state import SessionState
+from tui.state import FrameBuffer, SessionState
+from tui.watching import WatchControl, interval_words, run_rounds
 from tui.widgets.close import ClosePanel, DiagnosisPanel, close_summary
 from tui.widgets.frames import FrameDetail, FrameList, FrameScreen
 from tui.widgets.header import HeaderBar, SessionInfo
+from tui.widgets.history import summary_only
+from tui.widgets.interval import IntervalScreen
+from tui.widgets.latency import LatencyPane
 from tui.widgets.queue import QueuePane
 from tui.widgets.stages import StagePane
+from tui.widgets.timeline import TimelinePane, wall_clock
 
 TICK = 0.05  # seconds between screen updates (frames are batched into one update per tick)
 FRAMES_EVERY = 0.1  # while only frames arrive, the frame list is redrawn at most this often
 DETAIL_EVERY = 0.25  # and the detail of the newest frame (when following) at most this often
 SETTLE_MAX = 1.0  # at most this long after mount before the first run
 GC_GEN0 = 100_000  # allocations between young-generation collections while the app runs (default 700)
+PANELS = ("timeline", "latency", "frame")  # what `t` cycles through in the middle row's right-hand pane (watch)
 
 
 def _home(path: Path | str) -> str:
@@ -62,8 +76,10 @@ def _home(path: Path | str) -> str:
 
 
 class StagewatchApp(App[int]):
-    """Live: `StagewatchApp(config, target, options, record_path)`. Replay: `replay=Replay(...)`.
-    Tests and screenshots: `events=[...]` shows a fixed event list at once, `now=` fixes the countdown clock."""
+    """Live: `StagewatchApp(config, target, options, record_path)`; `watch=SECONDS` watches from the start (rounds),
+    `bell=False` keeps the terminal quiet on flips, `on_change=CMD` runs CMD on each alerting flip.
+    Replay: `replay=Replay(...)`. Tests and screenshots: `events=[...]` shows a fixed event list at once, `now=`
+    fixes the countdown clock."""
 
     CSS_PATH = "app.tcss"
     TITLE = "stagewatch"
@@ -83,6 +99,15 @@ class StagewatchApp(App[int]):
                 tooltip="Filter frames by text or type:NAME; ! inverts; esc clears"),
         Binding("c", "copy", "Copy", id="copy",
                 tooltip="Copy the selected frame (frames focused), else the close summary"),
+        Binding("w", "watch", "Watch", id="watch",
+                tooltip="Start/stop watching: the queue in rounds, every interval (W sets the interval)"),
+        Binding("W", "interval", "Interval", id="interval", show=False, tooltip="Set the watch interval"),
+        Binding("left_square_bracket", "round(-1)", "Round", id="round-earlier", key_display="[ ]",
+                tooltip="Watch: show an earlier round (its stages, frames, close and diagnosis); ] a later one"),
+        Binding("right_square_bracket", "round(1)", "Later round", id="round-later", key_display="]", show=False,
+                tooltip="Watch: show a later round; past the newest, back to the live one"),
+        Binding("t", "panel", "Panel", id="panel",
+                tooltip="Watch: the right-hand pane shows the timeline, per-stage latency or the frame detail"),
         Binding("question_mark", "help", "Help", id="help", key_display="?", tooltip="All keys"),
         Binding("q", "quit", "Quit", id="quit", tooltip="Leave stagewatch"),
         Binding("escape", "escape", "Back", id="escape", show=False),
@@ -91,7 +116,8 @@ class StagewatchApp(App[int]):
     def __init__(self, config: Config, target: ResolvedTarget | None = None, options: RunOptions | None = None,
                  record_path: Path | None = None, replay: Replay | None = None, replay_name: str = "", *,
                  events: Iterable[Event] | None = None, now: Callable[[], float] | None = None,
-                 autostart: bool = True, speed: float = 1.0, paused: bool = False) -> None:
+                 autostart: bool = True, speed: float = 1.0, paused: bool = False, watch: float | None = None,
+                 bell: bool = True, on_change: str | None = None) -> None:
         super().__init__()
         self.config = config
         self.target = target
@@ -102,6 +128,20 @@ class StagewatchApp(App[int]):
         self.fixed_events = list(events) if events is not None else None
         self.autostart = autostart
         self.state = SessionState()
+        self.state.history.configure(confirm=config.watch.confirm, keep_rounds=config.watch.keep_rounds)
+        # watching: asked for (--watch, or a deploy the sandbox plays: it only makes sense over rounds), the
+        # interval, what a flip sets off, and the watch under way (None: not watching)
+        deploy = self.options.sandbox_options is not None and bool(self.options.sandbox_options.deploy)
+        self.watch_requested = watch is not None or deploy
+        self.watch_interval = watch if watch is not None else config.watch.interval_s
+        self.bell_on = bell and config.watch.bell
+        self.on_change = on_change
+        self.control: WatchControl | None = None
+        self.alerts_on = False  # flips alert once this session has watched (never for a replay)
+        self._flips: list[Flip] = []  # alerting flips of the round under way: said together when it ends
+        self.watch_view = False  # the watch panes (strips, timeline): once watching, or a replay of rounds
+        self.selected_round: int | None = None  # a past round picked on the strip (None: the live one)
+        self.panel = "timeline"  # the middle row's right-hand pane in the watch view (PANELS)
         self.bus = EventBus()
         self.clock = Clock()
         self.recorder: Recorder | None = None
@@ -114,7 +154,7 @@ class StagewatchApp(App[int]):
         self._inbox: list[Event] = []
         self.engine: EngineThread | None = None
         self._fixed_now = now
-        self._shown_probe: tuple[str | None, int] | None = None
+        self._shown_probe: tuple[str | None, int, int | None] | None = None  # (probe, its runs, round picked)
         self._scrolled_to: tuple[str | None, int, int | None] | None = None
         self._queue_frames_at = 0.0
         self._frames_at = 0.0
@@ -148,6 +188,8 @@ class StagewatchApp(App[int]):
                             id="filter")
                 yield FrameList(id="frames")
             yield FrameDetail(id="detail")
+            yield TimelinePane(id="timeline", classes="pane")
+            yield LatencyPane(id="latency", classes="pane")
         with Horizontal(id="bottom"):
             with VerticalScroll(id="close-box", classes="pane"):
                 yield ClosePanel(id="close")
@@ -168,6 +210,8 @@ class StagewatchApp(App[int]):
         self.query_one("#detail").border_title = "Frame"
         self.query_one("#close-box").border_title = "Close"
         self.query_one("#diagnosis-box").border_title = "Diagnosis"
+        self.query_one("#timeline").border_title = "Timeline"
+        self.query_one("#latency").border_title = "Latency"
         self.query_one("#filter", Input).display = False
         for box in self.query(".pane"):
             box.can_focus = False  # tab moves between the queue, the frames and the frame detail
@@ -180,7 +224,7 @@ class StagewatchApp(App[int]):
             self.engine.start()
         if self.record_path is not None and self.engine is not None:
             self.recorder = Recorder(self.record_path, Redactor(), self.clock.wall, notify=self.bus.publish,
-                                     offload=True)
+                                     offload=True, max_bytes=int(self.config.recording.max_file_mb * 1024 * 1024))
             self.bus.subscribe(self.recorder.handle)
             await self.engine.run(self.recorder.start())  # its flush timer lives in the engine loop
             if self.recorder.active:
@@ -196,6 +240,8 @@ class StagewatchApp(App[int]):
                             name="replay")
         elif self.is_live and self.autostart:
             self.run_worker(self._start_when_settled(), group="start", exit_on_error=False, name="start")
+        if self.watch_requested and not self.is_live:
+            self._set_watch_view(True)  # (a fixed event list shown as a watch)
 
     def on_unmount(self) -> None:
         gc.set_threshold(*self._gc_threshold)
@@ -228,11 +274,15 @@ class StagewatchApp(App[int]):
             if isinstance(event, Notice):
                 severity = {"error": "error", "warning": "warning"}.get(event.level, "information")
                 self.notify(event.message, severity=severity, timeout=8, markup=False)  # type: ignore[arg-type]
+        if "history" in changed:
+            self._history_changed()
         with self.batch_update():
             if changed:
                 self.query_one("#queue", QueuePane).sync(self.state, changed)
             self._auto_focus()
             self._render_focused(changed)
+            if self.watch_view and ("history" in changed or self.focus_probe in changed):
+                self._render_watch()
             now = time.monotonic()
             flowing = now - self._frames_at < FRAMES_EVERY  # a flood: redraw the frames at most every 100 ms
             if changed or not flowing:
@@ -247,11 +297,11 @@ class StagewatchApp(App[int]):
             return
         if self.focus_probe is None or (not self.user_pinned and self.focus_probe not in state.probes):
             self._focus(state.order[0])
-        if self.user_pinned:
+        if self.user_pinned or self.selected_round is not None:
             return
         if state.first_failure is not None:
             want = state.first_failure
-        elif state.current is not None:
+        elif state.current is not None and not self.watch_view:  # a watch does not hop probe to probe each round
             want = state.current
         elif not state.running and state.finished is not None:
             want = "golden-path" if "golden-path" in state.probes else state.order[0]
@@ -265,14 +315,36 @@ class StagewatchApp(App[int]):
         self.query_one("#queue", QueuePane).select_probe(probe_id)
         self._shown_probe = None
 
+    def _shown_model(self) -> tuple[ProbeModel | None, str | None]:
+        """The focused probe as the panes show it: its latest run, or its run in the picked round (the round's
+        snapshot); with the words to show instead when the round is kept only as a summary."""
+        live = self.state.probes.get(self.focus_probe) if self.focus_probe else None
+        n = self.selected_round
+        if n is None or self.focus_probe is None:
+            return live, None
+        rnd = self.state.history.round(n)
+        if rnd is None:
+            return live, None
+        if rnd.detail is None:
+            return None, summary_only(rnd, self.focus_probe)
+        if self.focus_probe not in rnd.detail:
+            if n == self.state.history.total_rounds and self.state.running:
+                return live, None  # the round under way: its probe has not finished yet
+            return None, f"{self.focus_probe} did not run in round {n}"
+        return rnd.detail[self.focus_probe], None
+
     def _render_focused(self, changed: set[str]) -> None:
-        probe = self.state.probes.get(self.focus_probe) if self.focus_probe else None
-        key = (self.focus_probe, probe.runs if probe else 0)
+        live = self.state.probes.get(self.focus_probe) if self.focus_probe else None
+        key = (self.focus_probe, live.runs if live else 0, self.selected_round)
         if key == self._shown_probe and self.focus_probe not in changed:
             return
         self._shown_probe = key
+        probe, words = self._shown_model()
         pane = self.query_one("#stages", StagePane)
-        pane.show(probe, self.now, self.state.wall0)
+        if words is not None:
+            pane.show_text(words)
+        else:
+            pane.show(probe, self.now, self.state.wall0)
         failed_at = (self.focus_probe, probe.runs if probe else 0, pane.failed_line)
         if pane.failed_line is not None and failed_at != self._scrolled_to:
             self._scrolled_to = failed_at  # once per failure: the person may scroll elsewhere afterwards
@@ -281,14 +353,16 @@ class StagewatchApp(App[int]):
         self.query_one("#diagnosis", DiagnosisPanel).show(probe)
         box = self.query_one("#stages-box")
         # config text: shown as Content, never parsed as markup
-        box.border_title = Content(f"Stages · {probe.id}") if probe else "Stages"
-        box.border_subtitle = Content(probe.name) if probe else ""
+        title = f"Stages · {probe.id}" if probe else (f"Stages · {self.focus_probe}" if words else "Stages")
+        box.border_title = Content(one_line(title + self._round_words()))
+        box.border_subtitle = Content(one_line(probe.name)) if probe else ""
         close = self.query_one("#close-box")
         close.set_class(probe is not None and probe.close is not None
                         and not (probe.close.by == "client" and probe.close.code == 1000), "-bad")
         diag = self.query_one("#diagnosis-box")
         diag.set_class(bool(probe and probe.diagnoses), "-bad")
         diag.border_title = f"Diagnosis ({len(probe.diagnoses)})" if probe and probe.diagnoses else "Diagnosis"
+        self._render_watch()  # the latency of the probe now focused
 
     def _show_failed_stage(self) -> None:
         """Scroll the stages so the failing stage's row is in view (small terminals hide it below the fold)."""
@@ -300,14 +374,38 @@ class StagewatchApp(App[int]):
         if not box.scroll_y <= line < box.scroll_y + height - 1:
             box.scroll_to(y=max(0, line - 1), animate=False)
 
+    def _round_words(self) -> str:
+        """' · round 12 at 14:03:12' while a past round is picked."""
+        rnd = self.state.history.round(self.selected_round) if self.selected_round is not None else None
+        return f" · round {rnd.n} at {wall_clock(rnd.started_at)}" if rnd is not None else ""
+
+    def _shown_frames(self) -> tuple[FrameBuffer | None, str | None]:
+        """The focused probe's frames: the live buffer, or the bounded copy kept of the picked round (with why
+        there are none when the round is too old)."""
+        if self.focus_probe is None:
+            return None, None
+        live = self.state.frames.get(self.focus_probe)
+        n = self.selected_round
+        if n is None:
+            return live, None
+        kept = self.state.frames_of_round(n, self.focus_probe)
+        if kept is not None:
+            return kept, None
+        if n == self.state.history.total_rounds:
+            return live, None  # the round under way
+        return None, (f"no frames kept of round {n}: the last {self.state.history.keep_rounds} rounds keep "
+                      "their frames")
+
     def _render_frames(self) -> bool:
         """Bring the frame list up to date; returns True when new frames arrived."""
         frames = self.query_one("#frames", FrameList)
-        buffer = self.state.frames.get(self.focus_probe) if self.focus_probe else None
+        buffer, why = self._shown_frames()
         if buffer is not frames.live:
             frames.show(buffer)
-        probe = self.state.probes.get(self.focus_probe) if self.focus_probe else None
-        if probe is None or probe.status in ("queued", "running"):
+        probe, _words = self._shown_model()
+        if why is not None:
+            frames.empty_text = why
+        elif probe is None or probe.status in ("queued", "running"):
             frames.empty_text = "no frames yet"
         else:
             frames.empty_text = "no frames: this probe exchanged no WebSocket messages"
@@ -319,7 +417,7 @@ class StagewatchApp(App[int]):
                 self.query_one("#queue", QueuePane).sync(self.state, {probe.id})
         box = self.query_one("#frames-box")
         total = buffer.frames if buffer is not None else 0
-        title = f"Frames · {self.focus_probe} · {total:,}" if self.focus_probe else "Frames"
+        title = f"Frames · {self.focus_probe} · {total:,}{self._round_words()}" if self.focus_probe else "Frames"
         if buffer is not None and buffer.total > buffer.cap:
             title += f" (last {buffer.cap:,} shown)"
         if frames.filter is not None:
@@ -342,6 +440,14 @@ class StagewatchApp(App[int]):
             self.info.replay_speed = speed_label(self.player.speed)
             self.info.replay_paused = self.player.paused
         self.info.fail_fast = self.fail_fast
+        control = self.control
+        self.info.watch_view = self.watch_view
+        if self.is_live:
+            self.info.watch_interval = control.interval if control is not None else None
+        else:  # a fixed event list shown as a watch (screenshots): the interval it was given
+            self.info.watch_interval = self.watch_interval if self.watch_requested else None
+        self.info.watch_next_at = control.next_at if control is not None else None
+        self.info.watch_stopping = control is not None and control.stopping
         try:
             self.query_one("#header", HeaderBar).show(self.state, self.info, self.now)
         except NoMatches:  # closing
@@ -368,7 +474,8 @@ class StagewatchApp(App[int]):
         self.screen.set_class(size.height < 34, "-short")
         try:
             footer = self.query_one(Footer)
-            footer.compact = size.width < 120  # so ? and q still fit on 80 columns
+            # so ? and q still fit on 80 columns (and on 120 with the watch keys)
+            footer.compact = size.width < (140 if self.watch_view else 120)
             footer.show_command_palette = size.width >= 100
         except NoMatches:
             pass
@@ -376,6 +483,90 @@ class StagewatchApp(App[int]):
 
     def _resync_queue(self) -> None:
         self.query_one("#queue", QueuePane).sync(self.state, None)
+
+    # --- watching: the view, the flips ----------------------------------------------------------------------
+    def _set_watch_view(self, on: bool) -> None:
+        """The watch panes: the queue's state and history strip, the timeline/latency pane."""
+        self.watch_view = on
+        self.screen.set_class(on, "-watch")
+        self.refresh_bindings()  # the footer shows the watch keys
+        self.on_resize()
+        self._show_panel()
+        self.query_one("#queue", QueuePane).set_watching(on, self.state)
+        self._shown_probe = None
+        self._render_watch()
+        self._render_header()
+
+    def _show_panel(self) -> None:
+        for name in PANELS:
+            self.screen.set_class(self.watch_view and self.panel == name, f"-panel-{name}")
+
+    def _history_changed(self) -> None:
+        """A round or a probe of it finished: alert on the flips, show the rounds of a replayed watch."""
+        history = self.state.history
+        flips = history.take_flips()
+        if self.alerts_on:
+            self._flips += [f for f in flips if f.alerting]
+            if self._flips and not self.state.running:  # the round is over: say what changed, once
+                self._alert(self._flips)
+                self._flips = []
+        if not self.watch_view and not self.is_live and history.total_rounds >= 2:
+            self._set_watch_view(True)
+        if self.selected_round is not None and history.round(self.selected_round) is None:
+            self.selected_round = None  # older than the summaries kept
+            self._round_changed()
+
+    def _alert(self, flips: list[Flip]) -> None:
+        """A round's alerting flips: one toast per line of the timeline (probes that flipped alike share one),
+        one bell, and `--on-change` once per flip, in order, in the background."""
+        history = self.state.history
+        lines = []
+        for n in sorted({f.round for f in flips}):
+            for change in history.changes(n):
+                if any(f.round == n and f.after.lower() == change.kind and f.probe in change.probes for f in flips):
+                    lines.append(change)
+        for change in lines:
+            severity = {"down": "error", "degraded": "warning"}.get(change.kind, "information")
+            self.notify(visible(change.text), title=f"{wall_clock(change.at)} · round {change.round}",
+                        severity=severity, timeout=8, markup=False)  # type: ignore[arg-type]
+        if self.bell_on:
+            self.bell()
+        if self.on_change:
+            target = self.target.name if self.target is not None else self.state.target
+            payloads = [flip_payload(flip, history, target) for flip in flips]
+            self.run_worker(self._on_change(self.on_change, payloads), group="on-change", exit_on_error=False,
+                            name="on-change")
+
+    async def _on_change(self, command: str, payloads: list[dict[str, object]]) -> None:
+        """`--on-change CMD` once per flip, the flip on its stdin; a failure is a warning toast, never an error."""
+        for payload in payloads:
+            problem = await run_on_change(command, payload)
+            if problem:
+                self.notify(one_line(problem), severity="warning", timeout=10, markup=False)
+
+    def _render_watch(self) -> None:
+        if not self.watch_view:
+            return
+        history = self.state.history
+        self.query_one("#timeline", TimelinePane).show(history, self.selected_round)
+        probe = self.state.probes.get(self.focus_probe) if self.focus_probe else None
+        self.query_one("#latency", LatencyPane).show(history, self.focus_probe,
+                                                     tuple(probe.stages) if probe is not None else ())
+        latency = self.query_one("#latency")
+        latency.border_title = Content(one_line(f"Latency · {self.focus_probe}" if self.focus_probe else "Latency"))
+        latency.border_subtitle = "passing stages · p50 · p95 · t: frame"
+        self.query_one("#timeline").border_subtitle = f"{len(history.timeline):,} changes · t: latency"
+
+    def _round_changed(self) -> None:
+        """Show the picked round (or the live one) in every pane."""
+        queue = self.query_one("#queue", QueuePane)
+        queue.selected_round = self.selected_round
+        queue.sync(self.state, None)
+        self._shown_probe = None
+        self._render_focused(set())
+        self._render_frames()
+        self._render_watch()
+        self._render_header()
 
     # --- user input ---------------------------------------------------------------------------------------
     @on(QueuePane.ProbePicked)
@@ -385,6 +576,13 @@ class StagewatchApp(App[int]):
             self.focus_probe = event.probe_id
             self._shown_probe = None
             self._tick()
+
+    @on(QueuePane.RoundPicked)
+    def _round_picked(self, event: QueuePane.RoundPicked) -> None:
+        if event.round is not None:
+            self.select_round(event.round)
+        else:
+            self.action_round(event.delta)
 
     @on(FrameList.Opened)
     def _frame_opened(self) -> None:
@@ -413,10 +611,18 @@ class StagewatchApp(App[int]):
             return self.replay is None
         if action in ("step", "speed"):
             return self.replay is not None
+        if action in ("watch", "interval"):
+            return self.replay is None and self.fixed_events is None
+        if action in ("round", "panel"):
+            return self.watch_view
         return True
 
     def action_rerun(self) -> None:
         if not self.is_live or self.focus_probe is None:
+            return
+        if self.control is not None:
+            self.notify("watching: the probes run in rounds (R runs the next round now; w stops the watch)",
+                        timeout=4)
             return
         self.user_pinned = True
         self._start_run(only=(self.focus_probe,))
@@ -425,10 +631,113 @@ class StagewatchApp(App[int]):
         if not self.is_live:
             return
         self.user_pinned = False
+        if self.control is not None:
+            if self.state.running:
+                self.notify("a round is running; the next one starts when it has finished", timeout=3)
+            self.control.run_now()
+            return
         self._start_run()
+
+    # --- watching: keys ------------------------------------------------------------------------------------
+    def action_watch(self) -> None:
+        """w: start watching; stop after the round under way; pressed again, stop now."""
+        if not self.is_live:
+            return
+        control = self.control
+        if control is None:
+            self._start_watch()
+            self.notify(f"watching: a round every {interval_words(self.watch_interval)} (w stops)", timeout=3)
+        elif self.state.running and not control.stopping:
+            control.stop_after_round()
+            self.notify("the watch stops after this round (w again stops it now)", timeout=4)
+        else:
+            self._stop_watch()
+            self.notify("watch stopped", timeout=3)
+        self._render_header()
+
+    def _start_watch(self) -> None:
+        assert self.target is not None
+        options = dataclasses.replace(self.options, fail_fast=self.fail_fast)
+        control = self.control = WatchControl(self.watch_interval, options)
+        self.alerts_on = True
+        self.user_pinned = False
+        if not self.watch_view:
+            self._set_watch_view(True)
+        self.run_worker(self._watch(self.target, control), group="run", exclusive=True, exit_on_error=False,
+                        name="watch")
+
+    def _stop_watch(self) -> None:
+        self.control = None
+        for worker in self.workers:
+            if worker.group == "run" and worker.name == "watch":
+                worker.cancel()  # the round under way (if any) ends as interrupted; the shared sandbox stops
+
+    async def _watch(self, target: ResolvedTarget, control: WatchControl) -> None:
+        """The watch worker: await the rounds in the engine's loop; they speak only through the bus."""
+        assert self.engine is not None
+        try:
+            await self.engine.run(run_rounds(self.config, target, self.bus, self.clock, control))
+        finally:
+            if self.control is control:
+                self.control = None
+            self._render_header()
+
+    def action_interval(self) -> None:
+        """W: ask for the watch interval."""
+        def chosen(seconds: float | None) -> None:
+            if seconds is not None:
+                self.set_watch_interval(seconds)
+
+        self.push_screen(IntervalScreen(self.watch_interval), chosen)
+
+    def set_watch_interval(self, seconds: float) -> None:
+        self.watch_interval = seconds
+        if self.control is not None:
+            self.control.set_interval(seconds)
+        words = interval_words(seconds)
+        self.notify(f"watch interval {words}" + ("" if self.control is not None else " (w starts watching)"),
+                    timeout=3)
+        self._render_header()
+
+    def action_round(self, delta: int) -> None:
+        """[ / ] (or left/right on the queue): the round before or after the one shown; past the newest, live."""
+        history = self.state.history
+        if not self.watch_view or not history.rounds:
+            return
+        first, last = history.rounds[0].n, history.rounds[-1].n
+        current = self.selected_round
+        if current is None:
+            if delta > 0:
+                return
+            # the newest round that has finished (a running one shows live anyway)
+            n = last - 1 if self.state.running and last > first else last
+        else:
+            n = current + delta
+            if n > last:
+                self.select_round(None)
+                return
+        self.select_round(max(first, n))
+
+    def select_round(self, n: int | None) -> None:
+        if n is not None and self.state.history.round(n) is None:
+            return
+        if n == self.selected_round:
+            return
+        self.selected_round = n
+        self._round_changed()
+
+    def action_panel(self) -> None:
+        """t: timeline → latency → frame detail."""
+        if not self.watch_view:
+            return
+        self.panel = PANELS[(PANELS.index(self.panel) + 1) % len(PANELS)]
+        self._show_panel()
+        self._render_watch()
 
     def action_fail_fast(self) -> None:
         self.fail_fast = not self.fail_fast
+        if self.control is not None:  # watching: from the next round on
+            self.control.options = dataclasses.replace(self.control.options, fail_fast=self.fail_fast)
         self.notify(f"fail-fast {'on' if self.fail_fast else 'off'} for the next run", timeout=3)
         self._render_header()
 
@@ -460,6 +769,8 @@ class StagewatchApp(App[int]):
             box.value = ""
             box.display = False
             self.query_one("#frames", FrameList).focus()
+        elif self.selected_round is not None:
+            self.select_round(None)  # back to the live round
 
     def action_copy(self) -> None:
         """The frame on show (frame screen, or the frames pane focused), else the close summary, else a frame."""
@@ -493,8 +804,12 @@ class StagewatchApp(App[int]):
 
     # --- runs (live) --------------------------------------------------------------------------------------
     def _start_run(self, only: tuple[str, ...] | None = None) -> None:
-        """Run the queue (as selected on the command line), or only the given probes."""
+        """Run the queue (as selected on the command line), or only the given probes. While watching: the watch
+        starts again with the new options (a new target, another fault)."""
         assert self.target is not None
+        if self.control is not None and only is None:
+            self._start_watch()  # exclusive: the old watch winds down (its sandbox stops) before this one starts
+            return
         options = dataclasses.replace(self.options, only=self.options.only if only is None else only,
                                       fail_fast=self.fail_fast)
         self.run_worker(self._run(self.target, options), group="run", exclusive=True, exit_on_error=False,
@@ -510,7 +825,10 @@ class StagewatchApp(App[int]):
             before = loop.time()
             await asyncio.sleep(0.02)
             quiet = quiet + 1 if loop.time() - before < 0.03 else 0
-        self._start_run()
+        if self.watch_requested:
+            self._start_watch()
+        else:
+            self._start_run()
 
     async def _run(self, target: ResolvedTarget, options: RunOptions) -> None:
         """The worker: await the engine (in its thread). Everything it has to say arrives as events on the bus."""
@@ -556,8 +874,10 @@ class StagewatchApp(App[int]):
 
 
 def run_app(config: Config, target: ResolvedTarget | None, options: RunOptions, record_path: Path | None,
-            replay_path: Path | None) -> int:
-    """Open the app (live against `target`, or replaying `replay_path`); returns the process exit code."""
+            replay_path: Path | None, *, watch: float | None = None, bell: bool = True,
+            on_change: str | None = None) -> int:
+    """Open the app (live against `target`, watching every `watch` seconds when given, or replaying
+    `replay_path`); returns the process exit code."""
     replay: Replay | None = None
     if replay_path is not None:
         try:
@@ -572,6 +892,7 @@ def run_app(config: Config, target: ResolvedTarget | None, options: RunOptions, 
     elif target is None:
         sys.stderr.write("stagewatch: error: no target to probe\n")
         return 2
-    app = StagewatchApp(config, target, options, record_path, replay, replay_name=one_line(_home(replay_path or "")))
+    app = StagewatchApp(config, target, options, record_path, replay, replay_name=one_line(_home(replay_path or "")),
+                        watch=watch if replay is None else None, bell=bell, on_change=on_change)
     app.run()
     return app.return_code or 0  # 0 after quitting; 1 if the app itself crashed (Textual printed why)

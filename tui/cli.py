@@ -156,24 +156,57 @@ def _prepare(config_path: str | None, target: str | None, url: str | None, fault
     return config, resolved, options
 
 
+WATCH_DEFAULT = 0.0  # `--watch` without a value: the config's watch.interval_s
+MIN_WATCH_S = 0.1
+
+
+def _watch_interval(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """--watch DURATION ('10s', '1m', '500ms'; a bare number is seconds) -> seconds; a bad one is a usage error."""
+    from probes.watch import parse_duration
+
+    if value is None:
+        return None
+    if value == "":
+        return WATCH_DEFAULT
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(one_line(str(exc)), ctx=ctx, param=param) from None
+    if seconds < MIN_WATCH_S:
+        raise click.BadParameter(f"{one_line(value)!r} is too short: at least {MIN_WATCH_S * 1000:.0f} ms between "
+                                 "rounds", ctx=ctx, param=param)
+    return seconds
+
+
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @target_options
 @click.option("--record", "record_path", metavar="PATH", help="Record the session here (default: user data dir).")
 @click.option("--no-record", is_flag=True, help="Do not record the session.")
+@click.option("--watch", "watch", metavar="DURATION", is_flag=False, flag_value="", default=None,
+              callback=_watch_interval, help="Watch from the start: the queue in rounds every DURATION (10s, 1m, "
+              "500ms; alone: the config's watch.interval_s). In the app, w starts and stops it.")
+@click.option("--no-bell", is_flag=True, help="No terminal bell when a probe flips (UP/DOWN/DEGRADED).")
+@click.option("--on-change", "on_change", metavar="CMD", help="Run CMD (with /bin/sh) on each flip, the flip as "
+              "one JSON object on its stdin (e.g. a curl to a chat webhook).")
 @click.version_option(package_name="stagewatch")
 @click.pass_context
 def main(ctx: click.Context, config_path: str | None, target: str | None, url: str | None, fault: str,
          expect_version: str | None, fail_fast: bool, only: tuple[str, ...], max_priority: int | None,
-         insecure: bool, allow_production: bool, record_path: str | None, no_record: bool) -> None:
+         insecure: bool, allow_production: bool, record_path: str | None, no_record: bool, watch: float | None,
+         no_bell: bool, on_change: str | None) -> None:
     """Watch the golden path live: health → auth → connect → handshake → message → agent → response.
 
-    With no command, opens the live monitor against the default target (the embedded sandbox).
+    With no command, opens the live monitor against the default target (the embedded sandbox); with --watch,
+    runs it in rounds while a deploy rolls.
     """
     if ctx.invoked_subcommand is not None:
         return
     config, resolved, options = _prepare(config_path, target, url, fault, expect_version, fail_fast, only,
                                          max_priority, insecure, allow_production)
-    _open_app(config, resolved, options, _record_path(record_path, no_record, resolved.name, config))
+    if watch == WATCH_DEFAULT:
+        watch = config.watch.interval_s
+    _open_app(config, resolved, options, _record_path(record_path, no_record, resolved.name, config), watch=watch,
+              bell=not no_bell, on_change=on_change or None)
 
 
 def _record_path(record_path: str | None, no_record: bool, target: str, config: Config) -> Path | None:
@@ -191,10 +224,12 @@ def _record_path(record_path: str | None, no_record: bool, target: str, config: 
 
 
 def _open_app(config: Config, target: ResolvedTarget | None, options: RunOptions, record: Path | None,
-              replay: Path | None = None) -> None:
+              replay: Path | None = None, *, watch: float | None = None, bell: bool = True,
+              on_change: str | None = None) -> None:
     from tui.app import run_app  # the Textual import is paid only here
 
-    sys.exit(run_app(config=config, target=target, options=options, record_path=record, replay_path=replay))
+    sys.exit(run_app(config=config, target=target, options=options, record_path=record, replay_path=replay,
+                     watch=watch, bell=bell, on_change=on_change))
 
 
 @main.command()

@@ -1,4 +1,5 @@
-"""The command palette (ctrl+p): the app's actions by name, plus "switch target" and "sandbox fault"."""
+"""The command palette (ctrl+p): the app's actions by name, plus "switch target", "sandbox fault" and the watch
+(start/stop, the interval: a preset or a prompt, the round shown, the right-hand pane)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import TYPE_CHECKING
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
 from probes.sandbox import FAULTS
+from tui.watching import PRESETS, interval_words
 
 if TYPE_CHECKING:
     from tui.app import StagewatchApp
@@ -25,12 +27,28 @@ class StagewatchCommands(Provider):
                 ("Rerun focused probe", "Run the focused probe again (r)", app.action_rerun),
                 ("Run the queue", "Run every probe in priority order (R)", app.action_run_queue),
                 ("Toggle fail-fast", "Stop the queue at the first failing probe (f)", app.action_fail_fast),
+                ("Stop watching" if app.control is not None else "Start watching",
+                 f"Run the queue in rounds, every {interval_words(app.watch_interval)} (w)", app.action_watch),
+                ("Watch interval…", "Type the time between rounds: 10s, 2m, 500ms (W)", app.action_interval),
             ]
+            for seconds in PRESETS:
+                words = interval_words(seconds)
+                current = " (current)" if seconds == app.watch_interval else ""
+                commands.append((f"Watch interval: {words}{current}", f"A round every {words}",
+                                 partial(app.set_watch_interval, seconds)))
         else:
             commands += [
                 ("Step replay", "Deliver the next event of the recording (n)", app.action_step),
                 ("Replay faster", "Double the replay speed (+)", partial(app.action_speed, 1)),
                 ("Replay slower", "Halve the replay speed (-)", partial(app.action_speed, -1)),
+            ]
+        if app.watch_view:
+            commands += [
+                ("Earlier round", "Show the round before the one shown: stages, frames, close, diagnosis ([)",
+                 partial(app.action_round, -1)),
+                ("Later round", "Show the next round; past the newest, the live one (])", partial(app.action_round, 1)),
+                ("Latest round", "Back to the live round (esc)", partial(app.select_round, None)),
+                ("Switch pane: timeline / latency / frame", "The middle row's right-hand pane (t)", app.action_panel),
             ]
         commands += [
             ("Pause / follow", "Pause the replay, or toggle following new frames (space)", app.action_pause),

@@ -22,6 +22,10 @@ HELP = """\
 | `/` | filter frames: words match type, summary or text; `type:NAME`, `in`, `out`; `!` inverts; `esc` clears |
 | `enter` | on a frame: open it whole (pretty JSON, text, or hex) — `esc` goes back |
 | `c` | copy the selected frame (frames pane focused), else the close summary and diagnosis |
+| `w` | watch: run the queue in rounds (`--watch 10s`); pressed during a round, stop after it; again, stop now |
+| `W` | the watch interval (5s, 10s, 30s, 1m, or any like 45s); the palette has the presets |
+| `[` / `]` | watch: show an earlier / later round (also `←` `→` on the queue, or click a history cell); `esc` back to live |
+| `t` | watch: the right-hand pane shows the timeline, per-stage latency, or the frame detail |
 | `tab` / `shift+tab` | move between the queue and the frames |
 | `↑ ↓ pgup pgdn home end` | move in the focused list; `end` resumes following |
 | `ctrl+p` | command palette: the same actions, switch target, sandbox fault |
@@ -31,7 +35,13 @@ HELP = """\
 
 * **Queue** — probes by priority: glyph (✔ pass, ✘ fail, ! error, – skipped, ▶ running), time, last result.
   Moving the cursor focuses a probe; until you do, the focus follows the running probe and stops on the
-  first failure.
+  first failure. While watching: each probe's state (UP; DEGRADED: a stage slower than its threshold;
+  PENDING: failing, not confirmed yet; DOWN: failed `confirm` rounds in a row) and its history strip, one
+  cell per round (✓ pass, ~ degraded, ✗ fail, · not run), under the build lane (▏ marks a new build).
+* **Timeline** (watch) — every flip and build change in local time, newest at the bottom: when it broke, on
+  which build, at which stage and why; when it came back and how long the outage lasted.
+* **Latency** (watch) — each stage's time over the rounds (passing runs) with p50 and p95: a slow drift
+  shows before a break.
 * **Stages** — the focused probe's path, each stage with status, duration and what the engine saw.
 * **Frames** — every frame: ↓ received / ↑ sent, time since the connection was accepted, size, type, summary.
   The newest is followed; move up and the border counts the new ones. The last 5,000 frames per probe are

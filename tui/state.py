@@ -10,13 +10,15 @@ from itertools import groupby
 from operator import attrgetter
 
 from probes.closecodes import close_meaning, close_sentence
-from probes.events import Closed, Event, Frame, ProbeStarted
+from probes.events import Closed, Event, Frame, ProbeFinished, ProbeStarted, RunStarted
 from probes.frames import FrameInfo, classify
 from probes.model import RunModel, StageModel
 from probes.sanitize import event_visible
 
 FRAME_CAP = 5000  # frames shown per probe
 FRAME_BYTES = 32 * 1024 * 1024  # frame data kept per probe for display
+ROUND_FRAMES = 200  # a watch keeps the last frames of each probe of each of its last `keep_rounds` rounds
+ROUND_BYTES = 64 * 1024  # and at most about this much of their data (100 rounds × 6 probes: ≤ 40 MB)
 
 GLYPHS = {"queued": "·", "running": "▶", "pass": "✔", "fail": "✘", "error": "!", "skip": "–"}
 
@@ -68,6 +70,15 @@ class FrameBuffer:
         self.start += drop
         if self._info:
             self._info = {k: v for k, v in self._info.items() if k >= self.start}
+
+    def tail(self, cap: int, max_bytes: int) -> FrameBuffer:
+        """A copy of the last `cap` rows (at most about `max_bytes` of data), numbered as here: what a watch keeps
+        of a past round's frames."""
+        copy = FrameBuffer(cap, max_bytes)
+        copy.extend(self.items[-cap:], min(len(self.items), cap))
+        copy.start = self.total - len(copy.items)
+        copy.closes = self.closes
+        return copy
 
     def snapshot(self) -> FrameBuffer:
         """A frozen copy of what is shown now (for a paused view while frames keep arriving)."""
@@ -162,6 +173,9 @@ class SessionState(RunModel):
     def __init__(self) -> None:
         super().__init__()
         self.frames: dict[str, FrameBuffer] = {}
+        # round n -> probe id -> the last frames of that probe in that round (the last `keep_rounds` rounds)
+        self.round_frames: dict[int, dict[str, FrameBuffer]] = {}
+        self._rounds_taken = 0  # RunStarted seen by `take` (the same count as history's round numbers)
 
     # --- frames -----------------------------------------------------------------------------------------------
     def take(self, events: list[Event]) -> list[Event]:
@@ -179,6 +193,10 @@ class SessionState(RunModel):
                 for event in map(event_visible, group):
                     if isinstance(event, ProbeStarted):
                         self.frames[event.probe_id] = FrameBuffer()  # a probe (re)starts: its frames start afresh
+                    elif isinstance(event, RunStarted):
+                        self._rounds_taken += 1
+                    elif isinstance(event, ProbeFinished):
+                        self._keep_round_frames(event.probe_id)
                     elif isinstance(event, Closed):
                         buf = self.buffer(event.probe_id)
                         buf.append(close_row(event))
@@ -191,6 +209,21 @@ class SessionState(RunModel):
         if buf is None:
             buf = self.frames[probe_id] = FrameBuffer()
         return buf
+
+    def _keep_round_frames(self, probe_id: str) -> None:
+        """A bounded copy of a probe's frames as its run ends, filed under the round it ran in."""
+        n = self._rounds_taken
+        if n == 0:
+            return
+        kept = self.round_frames.setdefault(n, {})
+        kept[probe_id] = self.buffer(probe_id).tail(ROUND_FRAMES, ROUND_BYTES)
+        keep = self.history.keep_rounds
+        while len(self.round_frames) > keep:
+            del self.round_frames[min(self.round_frames)]
+
+    def frames_of_round(self, n: int, probe_id: str) -> FrameBuffer | None:
+        """The frames kept of a probe's run in round `n` (None once the round is older than `keep_rounds`)."""
+        return self.round_frames.get(n, {}).get(probe_id)
 
     def frames_total(self) -> int:
         return sum(buf.frames for buf in self.frames.values())

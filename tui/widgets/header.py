@@ -1,8 +1,11 @@
-"""The header: target, deployed build (from health), token subject and expiry countdown, run counters, and
-what the session is (live with its recording path, or a replay with its position and speed)."""
+"""The header: target, deployed build (from health; marked stale when health did not answer in the last round),
+token subject and expiry countdown, run counters, and what the session is (live with its recording path, or a
+replay with its position and speed). While watching, the run counter gives way to the rounds: "watch 10 s ·
+round 14 FAIL · 14:03:12 (8 s ago) · next in 2 s"."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -10,6 +13,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from tui.state import SessionState, fmt_countdown, fmt_ms
+from tui.watching import interval_words
 from tui.widgets.theme import status_color
 
 
@@ -28,6 +32,20 @@ class SessionInfo:
     replay_truncated: bool = False
     fault: str = "none"
     insecure: bool = False  # TLS certificates are not verified (--insecure)
+    watch_view: bool = False  # the session shows rounds (watching now, or watched before, or a watch replayed)
+    watch_interval: float | None = None  # seconds between rounds while watching; None: not watching
+    watch_next_at: float | None = None  # epoch seconds of the next round (while waiting for it)
+    watch_stopping: bool = False  # the watch ends after the round under way
+
+
+def ago(seconds: float) -> str:
+    """'8 s', '2 m 05 s', '1 h 03 m' (whole seconds: a header that ticks once a second)."""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} m {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} m"
 
 
 class HeaderBar(Static):
@@ -52,6 +70,8 @@ class HeaderBar(Static):
         top.append(*sep)
         top.append("build ", style="dim")
         top.append(state.version or "—", style="bold")
+        if state.version and not state.history.build_reachable:  # what health said before it stopped answering
+            top.append(" (stale: health unreachable)", style=f"bold {status_color(self.app, 'error')}")
         top.append(*sep)
         top.append("token ", style="dim")
         token = state.token
@@ -76,14 +96,20 @@ class HeaderBar(Static):
                 bottom.append(" · truncated recording (the last line was cut short)", style=f"bold {bad}")
             bottom.append(*sep)
         c = state.counts()
-        bottom.append(f"run {state.runs}", style="bold")
+        if info.watch_view:
+            self._rounds(bottom, state, info, now, accent)
+        else:
+            bottom.append(f"run {state.runs}", style="bold")
         if state.running:
             bottom.append(" running", style=f"bold {accent}")
         elif state.finished is not None:
             verdict = state.finished.verdict
             color = ok if verdict == "pass" else bad
             bottom.append(f" {verdict.upper()}", style=f"bold {color}")
-            bottom.append(f" in {fmt_ms(state.finished.duration_ms)}", style="dim")
+            if info.watch_view:
+                self._when(bottom, state, info, now)
+            else:
+                bottom.append(f" in {fmt_ms(state.finished.duration_ms)}", style="dim")
         bottom.append(*sep)
         bottom.append(f"✔ {c['pass']} passed", style=ok)
         failed = c["fail"] + c["error"]
@@ -115,3 +141,24 @@ class HeaderBar(Static):
         both = Text("\n").join([top, bottom])
         both.no_wrap, both.overflow = True, "ellipsis"
         self.update(both, layout=False)  # always two lines
+
+    def _rounds(self, line: Text, state: SessionState, info: SessionInfo, now: Callable[[], float],
+                accent: str) -> None:
+        """'watch 10 s │ round 14' (the verdict and the time follow)."""
+        if info.watch_interval is not None:
+            line.append(f"⟳ watch {interval_words(info.watch_interval)}", style=f"bold {accent}")
+            if info.watch_stopping:
+                line.append(" (stops after this round)", style="dim")
+        else:
+            line.append("watch stopped" if info.mode == "live" else "watch", style="dim")
+        line.append(" │ ", style="dim")
+        line.append(f"round {state.history.total_rounds}", style="bold")
+
+    def _when(self, line: Text, state: SessionState, info: SessionInfo, now: Callable[[], float]) -> None:
+        """' · 14:03:12 (8 s ago) · next in 2 s'."""
+        rnd = state.history.current
+        if rnd is not None:
+            at = time.strftime("%H:%M:%S", time.localtime(rnd.started_at))
+            line.append(f" · {at} ({ago(now() - rnd.started_at)} ago)", style="dim")
+        if info.watch_interval is not None and info.watch_next_at is not None:
+            line.append(f" · next in {ago(info.watch_next_at - now() + 0.999)}", style="bold")

@@ -46,6 +46,13 @@ class StagePane(Static):
         self._drawn = self._key
         self.update(renderable)  # type: ignore[arg-type]
 
+    def show_text(self, text: str) -> None:
+        """Words instead of stages (a past round kept only as its summary)."""
+        self._last = None
+        self.failed_line = None
+        self.plain = self._key = text
+        self._set(Text(text, style="italic"))
+
     def show(self, probe: ProbeModel | None, now: Callable[[], float], wall0: float | None = None) -> None:
         """`now`: wall-clock time (countdowns); `wall0`: the wall time at session t=0 (running stages' clocks)."""
         self._last = (probe, now, wall0)
