@@ -21,9 +21,11 @@ ON_CHANGE_DEADLINE_S = 10.0
 def flip_payload(flip: Flip, history: History, target: str) -> dict[str, Any]:
     """The flip, with the outage it ends (if any) and the round's build: what a webhook needs in one object."""
     payload: dict[str, Any] = {"target": target, **flip.record()}
-    ended = next((o for o in reversed(history.outages) if o.probe == flip.probe and o.end == flip.at), None)
-    if ended is not None:
-        payload["outage"] = ended.record()
+    if flip.before == "DOWN":  # the outage this flip ends
+        ended = next((o for o in reversed(history.outages) if o.probe == flip.probe and o.end is not None
+                      and o.first_round <= flip.round), None)
+        if ended is not None:
+            payload["outage"] = ended.record()
     mon_outage = next((o for o in reversed(history.outages) if o.probe == flip.probe and o.end is None), None)
     if flip.after == "DOWN" and mon_outage is not None:
         payload["down_since"] = iso(mon_outage.start)

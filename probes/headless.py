@@ -28,7 +28,7 @@ from .report import write_json, write_junit, write_markdown
 from . import sanitize
 from .alerts import flip_payload, run_on_change
 from .sanitize import event_visible, one_line
-from .watch import UNREACHABLE, Flip
+from .watch import UNREACHABLE, Flip, cause_words
 from .clock import Clock
 from .runner import RunOptions, run_queue, shared_sandbox
 
@@ -45,7 +45,7 @@ class Printer:
     CELL = {"pass": ("✓", "32"), "degraded": ("~", "33"), "fail": ("✗", "31;1"), "skip": ("·", "2"),
             "none": (" ", "0")}
     CHANGE = {"down": ("▼", "31;1"), "pending": ("?", "33"), "up": ("▲", "32;1"), "degraded": ("~", "33"),
-              "build": ("◆", "36")}
+              "build": ("◆", "36"), "cause": ("▼", "31")}
 
     def __init__(self, out: TextIO | None = None, color: bool | None = None, verbose: bool = False,
                  insecure: bool = False, rounds: bool = False, confirm: int = 2) -> None:
@@ -134,7 +134,7 @@ class Printer:
         build = rnd.build or (f"{model.version or '?'} (stale)" if model.version else "?")
         word, code = {"pass": ("PASS", "32;1"), "fail": ("FAIL", "31;1")}.get(rnd.verdict or "",
                                                                              ((rnd.verdict or "?").upper(), "33;1"))
-        failing = [f"{i} {'at ' + p.stage if p.stage else ''}".strip() for i in ids
+        failing = [f"{i} {cause_words(p.stage, p.diagnosis)}" for i in ids
                    if (p := rnd.probes.get(i)) is not None and p.cell == "fail" and p.diagnosis != UNREACHABLE]
         unreachable = sum(1 for p in rnd.probes.values() if p.diagnosis == UNREACHABLE)
         if unreachable:
@@ -145,8 +145,9 @@ class Printer:
                 f"{self._c(f'{word:<4}', code)} {took:5.1f} s{tail}")
         for change in history.changes(rnd.n):
             glyph, colour = self.CHANGE.get(change.kind, ("·", "0"))
-            line = f"{_clock(change.at)}  {self._c(glyph, colour)} {one_line(change.text)}"
-            summary = self._summary(change.probe) if change.kind in ("down", "pending") else ""
+            names = " ".join(change.probes) if change.probes else ""  # every name: a terminal line may be long
+            line = f"{_clock(change.at)}  {self._c(glyph, colour)} {one_line(f'{names} {change.tail}'.strip())}"
+            summary = self._summary(change.probe) if change.kind in ("down", "pending", "cause") else ""
             self._w(line + (f": {summary}" if summary else ""))
 
     def _summary(self, probe_id: str | None) -> str:
@@ -158,13 +159,16 @@ class Printer:
     def _verdict(self, e: RunFinished) -> str:
         this_run = [p for p in self.model.ordered() if p.runs and p.finished]
         passed = sum(p.status == "pass" for p in this_run)
-        not_run = sum(p.status == "skip" for p in this_run)
+        unreachable = sum(p.status == "skip" and any(d.get("code") == UNREACHABLE for d in p.diagnoses)
+                          for p in this_run)
+        not_run = sum(p.status == "skip" for p in this_run) - unreachable
         failures = [f"{p.id} at {p.failed_stage}" for p in this_run if p.status in ("fail", "error")]
         if e.verdict == "pass":
             return self._c("PASS", "32;1") + f" — {passed}/{len(this_run)} probes passed"
         if e.verdict == "interrupted":
             return self._c("INTERRUPTED", "33;1") + f" — {len(this_run)} probes finished"
-        skipped = f", {not_run} not run (--fail-fast)" if not_run else ""
+        skipped = (f", {not_run} not run (--fail-fast)" if not_run else "") + (
+            f", {unreachable} not attempted (target unreachable)" if unreachable else "")
         return (self._c("FAIL", "31;1") + f" — {len(failures)} of {len(this_run)} probes failed"
                 f" ({'; '.join(failures)}){skipped}")
 
@@ -404,9 +408,11 @@ def run_headless(req: HeadlessRequest) -> int:
         except KeyboardInterrupt:
             sys.stderr.write("stagewatch: interrupted\n")
             code = EXIT_INTERRUPTED  # the reports below still say what ran before the interrupt
+            summary.stop()
         except _Stopped as stopped:
             sys.stderr.write(f"stagewatch: stopped by {stopped}\n")
             code = 128 + stopped.signum  # 143 for SIGTERM, 129 for SIGHUP, as shells report them
+            summary.stop()
         if req.json_path:
             _write(req.json_path, write_json(summary))
         if req.junit_path:

@@ -193,6 +193,7 @@ class RunModel:
 
     def __init__(self, history: History | None = None) -> None:
         self.history = history or History()
+        self.stopped = False
         self._wall = 0.0  # epoch seconds at t == 0 of the current run
         self.target = ""
         self.base_url = ""
@@ -238,7 +239,8 @@ class RunModel:
                         self.first_failure = probe_id
                     if self.current == probe_id:
                         self.current = None
-                    self.history.probe_finished(probe, self._wall + t, probe.snapshot())
+                    self.history.probe_finished(probe, self._wall + t, probe.snapshot(),
+                                                None if probe.started_t is None else self._wall + probe.started_t)
                     changed.update(("queue", "header", "history"))
             changed.add(probe_id)
         elif isinstance(event, RunStarted):
@@ -294,8 +296,14 @@ class RunModel:
             self.token = ev
 
     # --- reading ------------------------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """The session was stopped (Ctrl-C, a signal) — between rounds of a watch too: its verdict says so."""
+        self.stopped = True
+
     @property
     def verdict(self) -> str:
+        if self.stopped:
+            return "interrupted"
         if self.finished is not None:
             return self.finished.verdict
         return "fail" if any(p.status in ("fail", "error") for p in self.probes.values()) else "running"

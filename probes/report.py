@@ -14,7 +14,7 @@ from .closecodes import WHO_CLOSED, close_meaning, close_sentence
 from . import sanitize
 from .frames import classify
 from .model import ProbeModel, RunModel
-from .watch import duration_words
+from .watch import duration_words, iso
 
 
 def probe_record(p: ProbeModel) -> dict[str, Any]:
@@ -44,10 +44,11 @@ def _reported(model: RunModel) -> list[ProbeModel]:
 
 
 def to_json(model: RunModel) -> dict[str, Any]:
+    first = model.history.first_started
     return {
         "target": model.target,
         "base_url": model.base_url,
-        "started_at": _iso(model, model.started_t),
+        "started_at": iso(first) if model.history.total_rounds > 1 else _iso(model, model.started_t),
         "finished_at": _iso(model, model.finished.t if model.finished else None),
         "verdict": model.verdict,
         "probes": [probe_record(p) for p in _reported(model)],
@@ -127,13 +128,12 @@ def _watch_markdown(model: RunModel) -> list[str]:
         return []
     out = [f"### Watch: {h.total_rounds} rounds, {h.failed_rounds} failed · verdict is the last round's", ""]
     if h.outages:
-        out += ["**Outages** (UTC)", "", "| probe | down from | back at | for | rounds | first cause | builds |",
+        out += ["**Outages** (UTC)", "", "| probe | down from | back at | for | rounds | causes, in order | builds |",
                 "|---|---|---|---:|---:|---|---|"]
         for o in h.outages:
             took = duration_words(o.duration_s) if o.duration_s is not None else "**still down**"
-            cause = f"{o.first_diagnosis or ''}" + (f" at {o.first_stage}" if o.first_stage else "")
             out.append(f"| {o.probe} | {_when(o.start)} | {_when(o.end) or '—'} | {took} | {o.rounds} | "
-                       f"{_md_cell(cause)} | {_md_cell(', '.join(o.builds))} |")
+                       f"{_md_cell(' → '.join(o.causes))} | {_md_cell(', '.join(o.builds))} |")
         out.append("")
     else:
         out += ["No outage: no probe was DOWN.", ""]
@@ -152,12 +152,16 @@ def _watch_markdown(model: RunModel) -> list[str]:
 def write_markdown(model: RunModel) -> str:
     probes = _reported(model)
     passed = sum(p.status == "pass" for p in probes)
+    h = model.history
+    if h.total_rounds > 1:
+        rounds = (f"watched {_when(h.first_started)}–{_when(h.rounds[-1].finished_at or h.rounds[-1].started_at)} UTC"
+                  f" · {h.total_rounds} rounds · each probe's latest result below")
+    else:
+        rounds = (f"started {_iso(model, model.started_t) or '?'}"
+                  + (f" · {model.finished.duration_ms / 1000:.2f} s" if model.finished else ""))
     out = [f"## stagewatch: {model.verdict.upper()} — {model.target}",
            "",
-           f"{passed}/{len(probes)} probes passed · started {_iso(model, model.started_t) or '?'}"
-           + (f" · {model.finished.duration_ms / 1000:.2f} s" if model.finished else "")
-           + (f" · the latest result of each probe over {model.runs} runs (this line: the last run)"
-              if model.runs > 1 else ""),
+           f"{passed}/{len(probes)} probes passed · {rounds}",
            "",
            *_watch_markdown(model),
            "| P | probe | status | ms | failed at |",

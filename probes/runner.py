@@ -127,7 +127,10 @@ async def run_queue(config: Config, target: ResolvedTarget, bus: EventBus, optio
     verify: bool = target.verify_tls
     loopback = is_loopback(urlsplit(base_url).hostname)
     try:
-        async with httpx.AsyncClient(verify=verify, follow_redirects=False, trust_env=not loopback) as http:
+        # No keep-alive: each probe measures its own connection, and a server closing an idle one between probes
+        # (as restarting ones do) must not fail the next probe with "disconnected without sending a response".
+        async with httpx.AsyncClient(verify=verify, follow_redirects=False, trust_env=not loopback,
+                                     limits=httpx.Limits(max_keepalive_connections=0)) as http:
             ctx = RunContext(target=target, base_url=base_url, bus=bus, clock=clock, redactor=redactor, env=env,
                              expected_version=expected, sandbox_secret=secret, http=http,
                              allowed_hosts=target_hosts(target, base_url), degraded_ms=config.watch.degraded_ms)

@@ -69,8 +69,9 @@ class Flip:
 
     @property
     def alerting(self) -> bool:
-        """Worth a bell: anything but the first UP, and PENDING (not confirmed yet)."""
-        return self.after != "PENDING" and not (self.before is None and self.after == "UP")
+        """Worth a bell: DOWN or DEGRADED, and UP again after either (not PENDING, not a blip that ended PENDING,
+        not the first UP)."""
+        return self.after in ("DOWN", "DEGRADED") or (self.after == "UP" and self.before in ("DOWN", "DEGRADED"))
 
     def record(self) -> dict[str, Any]:
         return {"at": iso(self.at), "probe": self.probe, "from": self.before, "to": self.after, "round": self.round,
@@ -87,6 +88,7 @@ class Outage:
     end: float | None = None
     rounds: int = 0  # failing rounds
     builds: list[str] = field(default_factory=list)
+    causes: list[str] = field(default_factory=list)  # every distinct cause seen, in order ('code at stage')
 
     @property
     def duration_s(self) -> float | None:
@@ -95,7 +97,7 @@ class Outage:
     def record(self) -> dict[str, Any]:
         return {"probe": self.probe, "start": iso(self.start), "end": iso(self.end), "duration_s": self.duration_s,
                 "rounds": self.rounds, "first_stage": self.first_stage, "first_diagnosis": self.first_diagnosis,
-                "builds": list(self.builds)}
+                "causes": list(self.causes), "builds": list(self.builds)}
 
 
 @dataclass(slots=True)
@@ -148,7 +150,7 @@ def iso(wall: float | None) -> str | None:
     if wall is None:
         return None
     from datetime import datetime, timezone
-    return datetime.fromtimestamp(wall, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(wall, timezone.utc).isoformat(timespec="milliseconds")
 
 
 def duration_words(seconds: float) -> str:
@@ -173,6 +175,8 @@ class _Monitor:
     state: str | None = None
     fails: int = 0
     outage: Outage | None = None  # open (maybe not confirmed yet: while PENDING)
+    cause: str | None = None  # what the last failing round said ('code at stage')
+    build: str | None = None  # the build when the probe last settled (UP, DEGRADED or DOWN)
 
 
 class History:
@@ -189,6 +193,7 @@ class History:
         self.latencies: dict[tuple[str, str], deque[float]] = {}
         self.monitors: dict[str, _Monitor] = {}
         self.total_rounds = 0
+        self.first_started: float | None = None  # epoch seconds: when the first round started
         self.failed_rounds = 0
         self.new_flips: list[Flip] = []  # since the last `take_flips()`: what a live front end alerts on
         self.build_reachable = True  # did health report the build in the last finished round
@@ -211,6 +216,8 @@ class History:
 
     # --- folding (called by RunModel) ---------------------------------------------------------------------------
     def round_started(self, wall: float) -> None:
+        if self.first_started is None:
+            self.first_started = wall
         self.total_rounds += 1
         self.rounds.append(Round(self.total_rounds, wall))
         self._with_detail.append(self.rounds[-1])
@@ -238,10 +245,14 @@ class History:
             if mon.outage is not None and build not in mon.outage.builds:
                 mon.outage.builds.append(build)
 
-    def probe_finished(self, probe: ProbeModel, wall: float, snapshot: ProbeModel) -> None:
+    def probe_finished(self, probe: ProbeModel, wall: float, snapshot: ProbeModel,
+                       started: float | None = None) -> None:
+        """Fold a finished probe. `wall` is when it finished (when the change was learned); `started` when it
+        began: an outage runs from the start of its first failing run to the start of the first passing one."""
         rnd = self.current
         if rnd is None:
             return
+        began = wall if started is None else started
         if rnd.detail is not None:
             rnd.detail[probe.id] = snapshot
         for stage in probe.stages.values():
@@ -251,27 +262,34 @@ class History:
                 if series is None:
                     series = self.latencies[key] = deque(maxlen=KEEP_LATENCIES)
                 series.append(stage.duration_ms)
-        cell, stage_name, code = _cell(probe)
+        cell, stage_name, code, note = _cell(probe)
         mon = self.monitors.setdefault(probe.id, _Monitor())
         if cell == "skip":
             rnd.probes[probe.id] = self._shared(ProbeRound(cell, mon.state))
             return
         before = mon.state
+        cause = cause_words(stage_name, code)
         if cell == "fail":
             mon.fails += 1
-            if mon.outage is None:
-                mon.outage = Outage(probe.id, wall, rnd.n, stage_name, code,
-                                    builds=[rnd.build] if rnd.build else [])
-            mon.outage.rounds += 1
             after = "DOWN" if mon.fails >= self.confirm or before == "DOWN" else "PENDING"
+            if mon.outage is None:
+                known = rnd.build or (self.builds[-1].build if self.builds else None)
+                mon.outage = Outage(probe.id, began, rnd.n, stage_name, code, builds=[known] if known else [])
+            elif cause != mon.cause and after == before:  # still failing, for another reason: say so
+                self._add(Change(wall, "cause", (probe.id,), f"still {before} — now {cause}"
+                                 f"{self._builds(mon.build, rnd.build)}", rnd.n))
+            if cause not in mon.outage.causes:
+                mon.outage.causes.append(cause)
+            mon.cause = cause
+            mon.outage.rounds += 1
             if after == "DOWN" and before != "DOWN":
                 self.outages.append(mon.outage)
         else:
-            mon.fails = 0
+            mon.fails, mon.cause = 0, None
             after = "DEGRADED" if cell == "degraded" else "UP"
             if mon.outage is not None:
                 if before == "DOWN":
-                    mon.outage.end = wall
+                    mon.outage.end = began
                 mon.outage = None
         mon.state = after
         rnd.probes[probe.id] = self._shared(ProbeRound(cell, after, stage_name, code))
@@ -279,17 +297,22 @@ class History:
             flip = Flip(wall, probe.id, before, after, rnd.n, stage_name, code, rnd.build)
             self.flips.append(flip)
             self.new_flips.append(flip)
-            self._tell(flip)
+            self._tell(flip, mon, note)
+            if after != "PENDING":
+                mon.build = rnd.build or mon.build
 
-    def _tell(self, flip: Flip) -> None:
+    def _tell(self, flip: Flip, mon: _Monitor, note: str) -> None:
         if flip.before is None and flip.after == "UP":
             return  # the first state seen, and all is well: nothing changed that a person needs to read
-        change = Change(flip.at, flip.after.lower(), (flip.probe,), self._flip_words(flip), flip.round)
+        self._add(Change(flip.at, flip.after.lower(), (flip.probe,), self._flip_words(flip, mon, note), flip.round))
+
+    def _add(self, change: Change) -> None:
+        """A timeline line; probes that changed alike in the same round share the last line."""
         last = self.timeline[-1] if self.timeline else None
         if last is not None and last.probes and (last.round, last.kind, last.tail) == (
                 change.round, change.kind, change.tail):
             self.timeline.pop()
-            change = Change(last.at, last.kind, (*last.probes, flip.probe), last.tail, last.round)
+            change = Change(last.at, last.kind, (*last.probes, *change.probes), last.tail, last.round)
         self.timeline.append(change)
 
     def round_finished(self, verdict: str, wall: float) -> None:
@@ -353,29 +376,30 @@ class History:
                 "outages": [o.record() for o in self.outages], "builds": [b.record() for b in self.builds]}
 
     # --- words --------------------------------------------------------------------------------------------------
-    def _flip_words(self, flip: Flip) -> str:
+    def _flip_words(self, flip: Flip, mon: _Monitor, note: str) -> str:
         """What happened, after the probe's name: 'DOWN at ready — closed-before-ready (build v1 → v2)'."""
+        builds = self._builds(mon.build, flip.build)
         if flip.diagnosis == UNREACHABLE:
             return f"{flip.after} — not attempted: target unreachable"
         if flip.after in ("DOWN", "PENDING"):
             why = f" — {flip.diagnosis}" if flip.diagnosis else ""
             at = f" at {flip.stage}" if flip.stage else ""
-            return f"{flip.after}{at}{why}{self._build_words(flip)}"
+            return f"{flip.after}{at}{why}{builds}"
         if flip.after == "DEGRADED":
-            return f"DEGRADED — {flip.stage} slower than its threshold{self._build_words(flip)}"
-        ended = next((o for o in reversed(self.outages) if o.probe == flip.probe and o.end == flip.at), None)
-        if ended is not None and ended.duration_s is not None:
+            return f"DEGRADED — {note or f'{flip.stage} slower than its threshold'}{builds}"
+        ended = next((o for o in reversed(self.outages) if o.probe == flip.probe and o.end is not None
+                      and o.first_round <= flip.round and o is not mon.outage), None)
+        if flip.before == "DOWN" and ended is not None and ended.duration_s is not None:
             return (f"UP — outage {duration_words(ended.duration_s)}, {ended.rounds} "
-                    f"round{'s' if ended.rounds != 1 else ''}{self._build_words(flip)}")
-        return f"UP{self._build_words(flip)}"
+                    f"round{'s' if ended.rounds != 1 else ''}{builds}")
+        return f"UP{builds}"
 
-    def _build_words(self, flip: Flip) -> str:
-        if not flip.build:
+    @staticmethod
+    def _builds(before: str | None, now: str | None) -> str:
+        """'(build v1 → v2)' when the build changed since the probe last settled, else '(build v2)'."""
+        if not now:
             return ""
-        spans = [b for b in self.builds if b.first_round <= flip.round]
-        if len(spans) >= 2 and spans[-1].first_round > flip.round - 3 and spans[-1].build == flip.build:
-            return f" (build {spans[-2].build} → {flip.build})"
-        return f" (build {flip.build})"
+        return f" (build {before} → {now})" if before and before != now else f" (build {now})"
 
 
 def _tail(rounds: deque[Round], last: int) -> Iterator[Round]:
@@ -384,21 +408,29 @@ def _tail(rounds: deque[Round], last: int) -> Iterator[Round]:
         yield rounds[i]
 
 
-def _cell(probe: ProbeModel) -> tuple[str, str | None, str | None]:
-    """pass / degraded / fail / skip, the stage that says why, and the first diagnosis code."""
+def _cell(probe: ProbeModel) -> tuple[str, str | None, str | None, str]:
+    """pass / degraded / fail / skip, the stage that says why, the first diagnosis code, and for a slow stage
+    its figures ('agent 1503 ms, over 1000 ms')."""
     code = str(probe.diagnoses[0].get("code")) if probe.diagnoses else None
     if probe.status == "error" and probe.failed is None and probe.current_stage is not None:
-        return "skip", None, None  # interrupted mid-stage (Ctrl-C, a rerun): it did not fail, it was stopped
+        return "skip", None, None, ""  # interrupted mid-stage (Ctrl-C, a rerun): it did not fail, it was stopped
     if probe.status in ("fail", "error"):
         failed = probe.failed
-        return "fail", failed.name if failed else probe.failed_stage, code
+        return "fail", failed.name if failed else probe.failed_stage, code, ""
     if probe.status == "skip":
         if code == UNREACHABLE:  # not attempted: nothing listens — the probe is down with the target
             first = next(iter(probe.stages), None)
-            return "fail", first, code
-        return "skip", None, None
+            return "fail", first, code, ""
+        return "skip", None, None, ""
     slow = next((s for s in probe.stages.values() if s.degraded), None)
     if slow is not None:
-        return "degraded", slow.name, None
-    return "pass", None, None
+        return "degraded", slow.name, None, f"{slow.name} {slow.duration_ms:.0f} ms, over {slow.degraded_ms:.0f} ms"
+    return "pass", None, None, ""
+
+
+def cause_words(stage: str | None, code: str | None) -> str:
+    """'server-error at agent': what a failing round said."""
+    if code == UNREACHABLE:
+        return "target unreachable (not attempted)"
+    return " at ".join(x for x in (code or "failed", stage) if x)
 

@@ -85,11 +85,45 @@ def test_one_failure_between_passes_is_pending_and_no_outage():
     assert [f.after for f in model.history.flips] == ["UP", "PENDING", "UP"]
 
 
+def test_a_new_cause_while_down_is_told_and_kept_with_the_outage():
+    """v2 first refuses (503), then crashes on every message: the crash must not hide behind the first cause."""
+    model = RunModel(History(confirm=2))
+    _round(model, 0, {"gp": ("pass", 10)})
+    for t in (10, 20):
+        _round(model, t, {"gp": ("fail", 10)}, build="v2", code="not-ready")
+    _round(model, 30, {"gp": ("fail", 10)}, build="v2", code="server-error")
+    _round(model, 40, {"gp": ("fail", 10)}, build="v2", code="server-error")
+    texts = [c.text for c in model.history.timeline]
+    assert texts.count("gp still DOWN — now server-error at health (build v2)") == 1, texts
+    assert model.history.outages[0].causes == ["not-ready at health", "server-error at health"]
+    md = write_markdown(model)
+    assert "not-ready at health → server-error at health" in md
+
+
+def test_only_confirmed_changes_ring_the_bell():
+    model = RunModel(History(confirm=2))
+    for t, status in enumerate(["pass", "fail", "pass", "fail", "fail", "pass"]):
+        _round(model, t * 10, {"gp": (status, 10)}, code="x")
+    flips = list(model.history.flips)
+    assert [(f.before, f.after, f.alerting) for f in flips] == [
+        (None, "UP", False), ("UP", "PENDING", False), ("PENDING", "UP", False), ("UP", "PENDING", False),
+        ("PENDING", "DOWN", True), ("DOWN", "UP", True)]
+
+
+def test_a_nested_build_is_found():
+    from probes.steps.http import version_of
+
+    assert version_of({"status": "ok", "build": {"version": "v3"}}, "version") == "v3"
+    assert version_of({"meta": {"git_sha": "7f3a9c1"}}, "meta.git_sha") == "7f3a9c1"
+    assert version_of({"status": "ok"}, "version") is None
+
+
 def test_a_slow_pass_is_degraded_and_an_open_outage_has_no_end():
     model = RunModel(History(confirm=1))
     _round(model, 0, {"gp": ("pass", 150)})  # the stage announced degraded_ms=100
     assert model.history.state("gp") == "DEGRADED"
     assert model.history.current.probes["gp"].cell == "degraded"
+    assert model.history.timeline[-1].text == "gp DEGRADED — health 150 ms, over 100 ms (build v1)"
     _round(model, 10, {"gp": ("fail", 10)}, code="x")
     assert model.history.state("gp") == "DOWN"  # confirm=1
     assert to_json(model)["outages"][0]["end"] is None
@@ -211,6 +245,8 @@ def test_a_closed_pipe_and_ctrl_c_keep_the_reports_and_exit_130(tmp_path):
     assert proc.wait(timeout=20) == 130
     data = json.loads(report.read_text())
     assert data["rounds"] and "outages" in data and "flips" in data and "builds" in data
+    assert data["verdict"] == "interrupted"  # stopped, even between rounds
+    assert data["started_at"] == data["rounds"][0]["started_at"]  # the watch's start, not the last round's
 
 
 async def test_replay_of_a_watch_recording_tells_the_same_outages(fast_config, tmp_path):

@@ -97,10 +97,20 @@ class Http(StepKind):
         return resp
 
 
+_BUILD_NAMES = ("version", "build", "build_id", "commit", "git_sha", "sha", "revision", "release")
+
+
 def version_of(value: Any, field_path: str) -> str | None:
-    """The build a health answer names: the configured field, else the usual names."""
-    for path in (field_path, "version", "build", "build_id", "commit", "git_sha"):
+    """The build a health answer names: the configured field, else the usual names, one level deep too
+    (`{"build": {"version": "v3"}}`)."""
+    for path in (field_path, *_BUILD_NAMES):
         v = get_path(value, path)
-        if isinstance(v, (str, int, float)) and not isinstance(v, bool) and str(v):
+        if isinstance(v, dict):
+            v = next((v[k] for k in ("version", "id", *_BUILD_NAMES) if _scalar(v.get(k))), None)
+        if _scalar(v):
             return str(v)
     return None
+
+
+def _scalar(v: Any) -> bool:
+    return isinstance(v, (str, int, float)) and not isinstance(v, bool) and bool(str(v))
