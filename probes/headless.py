@@ -134,8 +134,12 @@ class Printer:
         build = rnd.build or (f"{model.version or '?'} (stale)" if model.version else "?")
         word, code = {"pass": ("PASS", "32;1"), "fail": ("FAIL", "31;1")}.get(rnd.verdict or "",
                                                                              ((rnd.verdict or "?").upper(), "33;1"))
-        failing = [f"{i} {cause_words(p.stage, p.diagnosis)}" for i in ids
-                   if (p := rnd.probes.get(i)) is not None and p.cell == "fail" and p.diagnosis != UNREACHABLE]
+        by_cause: dict[str, list[str]] = {}  # probes failing alike share a phrase
+        for i in ids:
+            p = rnd.probes.get(i)
+            if p is not None and p.cell == "fail" and p.diagnosis != UNREACHABLE:
+                by_cause.setdefault(cause_words(p.stage, p.diagnosis), []).append(i)
+        failing = [f"{', '.join(names)} {cause}" for cause, names in by_cause.items()]
         unreachable = sum(1 for p in rnd.probes.values() if p.diagnosis == UNREACHABLE)
         if unreachable:
             failing.append(f"{unreachable} not attempted (unreachable)")
@@ -145,7 +149,7 @@ class Printer:
                 f"{self._c(f'{word:<4}', code)} {took:5.1f} s{tail}")
         for change in history.changes(rnd.n):
             glyph, colour = self.CHANGE.get(change.kind, ("·", "0"))
-            names = " ".join(change.probes) if change.probes else ""  # every name: a terminal line may be long
+            names = ", ".join(change.probes)  # every name: a terminal line may be long
             line = f"{_clock(change.at)}  {self._c(glyph, colour)} {one_line(f'{names} {change.tail}'.strip())}"
             summary = self._summary(change.probe) if change.kind in ("down", "pending", "cause") else ""
             self._w(line + (f": {summary}" if summary else ""))

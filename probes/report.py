@@ -130,16 +130,20 @@ def _watch_markdown(model: RunModel) -> list[str]:
     if h.outages:
         out += ["**Outages** (UTC)", "", "| probe | down from | back at | for | rounds | causes, in order | builds |",
                 "|---|---|---|---:|---:|---|---|"]
+        rows: dict[tuple[str, str, str, int, str, str], list[str]] = {}  # probes down alike share a row
         for o in h.outages:
             took = duration_words(o.duration_s) if o.duration_s is not None else "**still down**"
-            out.append(f"| {o.probe} | {_when(o.start)} | {_when(o.end) or '—'} | {took} | {o.rounds} | "
-                       f"{_md_cell(' → '.join(o.causes))} | {_md_cell(', '.join(o.builds))} |")
+            key = (_when(o.start), _when(o.end) or "—", took, o.rounds, " → ".join(o.causes), ", ".join(o.builds))
+            rows.setdefault(key, []).append(o.probe)
+        for (start, end, took, n, causes, builds), names in rows.items():
+            out.append(f"| {', '.join(names)} | {start} | {end} | {took} | {n} | {_md_cell(causes)} | "
+                       f"{_md_cell(builds)} |")
         out.append("")
     else:
         out += ["No outage: no probe was DOWN.", ""]
-    changes = list(h.timeline)[-30:]
+    changes = list(h.timeline)[-60:]
     if changes:
-        out += ["**Changes** (UTC" + (", the last 30" if len(h.timeline) > 30 else "") + ")", ""]
+        out += ["**Changes** (UTC" + (", the last 60" if len(h.timeline) > 60 else "") + ")", ""]
         out += [f"- {_when(c.at)} {_md_cell(c.text)}" for c in changes]
         out.append("")
     if h.builds:
