@@ -2,7 +2,10 @@
 (build v1 → v2, the WebSocket closed before connection_established, the server down, then healthy again), and what
 the screen says about it — the history strips, PENDING then DOWN, the timeline's DOWN and UP lines, the stale build
 while health is unreachable, a past round's stages and frames — plus the alerts a flip sets off, the `w` key, the
-interval prompt, the `--watch` options and a snapshot of the watch view.
+interval prompt, the `--watch` options (of the app and of `demo`) and a snapshot of the watch view. Rounds folded
+from fixed events (no sandbox) show the rest: the timeline keeping its newest line in view (until the person
+scrolls up), one short toast per round clear of the Close and Diagnosis panes, the build lane naming only what
+health reported, and a DEGRADED line with figures wrapped whole.
 
 Rounds are started by the test (R: the next round now) with a long interval, and awaited through the app's own
 state; nothing sleeps blindly.
@@ -19,11 +22,13 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from textual.events import MouseScrollDown, MouseScrollUp
+from textual.geometry import Region
 
 from probes.bus import EventBus
 from probes.config import Config, resolve_target
-from probes.events import (Event, Frame, ProbeFinished, ProbeStarted, RunFinished, RunStarted, StageFinished,
-                           StageStarted)
+from probes.events import (Diagnosed, Event, Frame, ProbeFinished, ProbeStarted, RunFinished, RunStarted,
+                           StageFinished, StageStarted)
 from probes.runner import RunOptions, run_queue
 from probes.sandbox import Sandbox, SandboxOptions, parse_deploy
 from probes.steps.http import HttpEvidence
@@ -125,12 +130,14 @@ async def test_a_deploy_round_by_round(tui_config, tmp_path):  # noqa: F811
             assert "golden-path DOWN at handshake — closed-before-ready" in text  # on screen, and as a line:
             assert re.search(r"^\d\d:\d\d:\d\d golden-path DOWN at handshake — closed-before-ready \(build v1 → v2\)$",
                              timeline(app), re.M), timeline(app)
-            assert any("golden-path DOWN at handshake" in m and sev == "error" for m, sev in toasts), toasts
+            # one short toast for the round: the probe and the cause (the timeline has the rest)
+            assert toasts == [("golden-path DOWN — closed-before-ready", "error")], toasts
             assert bells  # DOWN rang the bell
             # round 4: the server is down: health unreachable, the build shown is stale
             await sb.stop()
             await next_round(app, pilot, 4)
-            assert "build v2 (stale: health unreachable)" in screen_text(app)
+            assert "build v2 (stale: not reported this round)" in screen_text(app)
+            assert len(toasts) == 1  # health and the rest went PENDING (DOWN already): no news worth a toast
             assert strip_of(app, "health") == "✓✓✓✗" and strip_of(app, "golden-path") == "✓✗✗✗"
             # round 5: back, healthy
             await sb.start()  # (a deploy starts again from its first step: v1)
@@ -142,7 +149,8 @@ async def test_a_deploy_round_by_round(tui_config, tmp_path):  # noqa: F811
             assert "golden-path UP — outage" in text
             assert re.search(r"^\d\d:\d\d:\d\d golden-path UP — outage [\d.]+ s, 3 rounds \(build v2\)$", timeline(app),
                              re.M), timeline(app)
-            assert any("golden-path UP — outage" in m and sev == "information" for m, sev in toasts), toasts
+            assert len(toasts) == 2 and re.fullmatch(r"golden-path UP — outage [\d.]+ s", toasts[1][0]), toasts
+            assert toasts[1][1] == "information"
             # a past round: round 3's stages, close and frames
             await pilot.press("left", "left", "left")  # the newest round (5), then 4, then 3
             assert app.selected_round == 3
@@ -264,65 +272,216 @@ def test_watch_option_parses_durations_and_says_what_is_wrong(monkeypatch):
     assert result.exit_code == 2 and "Invalid value for '--watch': 'soon' is not a duration" in result.output
 
 
-def _health_round(t: float, build: str, status: str = "pass") -> list[Event]:
-    """One round of a one-probe queue whose health reports `build` (as the engine's events would say it)."""
+def test_demo_watches_a_deploy_every_2s_unless_told(monkeypatch):
+    opened: list[dict[str, Any]] = []
+    monkeypatch.setattr(cli, "_open_app", lambda *a, **kw: opened.append(kw))
+    runner = CliRunner()
+    deploy = ["demo", "--no-record", "--deploy", "0s ok@v1, 6s closed-before-ready@v2"]
+    assert runner.invoke(cli.main, deploy).exit_code == 0 and opened[-1] == {"watch": 2.0}
+    assert runner.invoke(cli.main, [*deploy, "--watch", "500ms"]).exit_code == 0 and opened[-1] == {"watch": 0.5}
+    assert runner.invoke(cli.main, [*deploy, "--watch"]).exit_code == 0 and opened[-1] == {"watch": 10.0}  # config
+    assert runner.invoke(cli.main, ["demo", "--no-record"]).exit_code == 0 and opened[-1] == {"watch": None}
+    result = runner.invoke(cli.main, [*deploy, "--watch", "soon"])
+    assert result.exit_code == 2 and "'soon' is not a duration" in result.output
+
+
+def _health_round(t: float, build: str | None, status: str = "pass") -> list[Event]:
+    """One round of a one-probe queue whose health reports `build` (as the engine's events would say it; None: an
+    HTTP 503 naming no build)."""
     return [RunStarted(0.0, "sandbox", "http://127.0.0.1:1", (("health", "Health", 0),), WALL0 + t),
             ProbeStarted(0.1, "health", "Health", 0, ("health",)),
             StageStarted(0.2, "health", "health", "http"),
-            StageFinished(0.3, "health", "health", status, 1.0, "GET /health 200",
-                          HttpEvidence(http_status=200, version=build)),
+            StageFinished(0.3, "health", "health", status, 1.0, "GET /health 200" if build else "GET /health 503",
+                          HttpEvidence(http_status=200 if build else 503, version=build)),
             ProbeFinished(0.4, "health", status, 1.0, None if status == "pass" else "health", 0, 0),
             RunFinished(0.5, "pass" if status == "pass" else "fail", 1.0)]
 
 
-async def test_rounds_of_a_recording_show_as_a_watch_and_a_hostile_build_stays_text(tui_config):  # noqa: F811
-    """A replayed or fixed list of several rounds opens the watch view; a build named by the server with markup
-    and a terminal escape in it is shown as visible text in the lane, the header and the timeline."""
-    hostile = "[bold red]v2\x1b]0;pwned\x07"
-    events = _health_round(0, "v1") + _health_round(10, hostile, "fail") + _health_round(20, hostile, "fail")
-    app = StagewatchApp(tui_config, events=events, now=lambda: WALL0 + 25)
+Outcome = tuple[str, ...]  # ("pass",), ("fail", STAGE, CODE), ("slow", STAGE, MS, OVER_MS)
+
+
+def _round(t: float, build: str | None, outcomes: dict[str, Outcome]) -> list[Event]:
+    """One round: health reporting `build` (None: a 503 naming none), then each probe's outcome."""
+    ids = ("health", *outcomes)
+    events: list[Event] = _health_round(t, build, "pass" if build else "fail")[:-1]
+    events[0] = dataclasses.replace(events[0], probes=tuple((i, i, 0) for i in ids))  # type: ignore[call-arg]
+    verdict = "pass" if build else "fail"
+    for pid, outcome in outcomes.items():
+        stage = outcome[1] if len(outcome) > 1 else "agent"
+        events += [ProbeStarted(1.0, pid, pid, 0, (stage,))]
+        if outcome[0] == "slow":
+            events += [StageStarted(1.1, pid, stage, "ws", degraded_ms=float(outcome[3])),
+                       StageFinished(1.2, pid, stage, "pass", float(outcome[2]), "ok"),
+                       ProbeFinished(1.3, pid, "pass", float(outcome[2]), None, 0, 0)]
+        elif outcome[0] == "fail":
+            verdict = "fail"
+            events += [StageStarted(1.1, pid, stage, "ws"), StageFinished(1.2, pid, stage, "fail", 1.0, "x"),
+                       Diagnosed(1.25, pid, ({"code": outcome[2], "summary": "", "evidence": [], "next_step": ""},)),
+                       ProbeFinished(1.3, pid, "fail", 1.0, stage, 0, 0)]
+        else:
+            events += [StageStarted(1.1, pid, stage, "ws"), StageFinished(1.2, pid, stage, "pass", 1.0, "ok"),
+                       ProbeFinished(1.3, pid, "pass", 1.0, None, 0, 0)]
+    return events + [RunFinished(2.0, verdict, 2000.0)]  # type: ignore[arg-type]
+
+
+async def _fold(app: StagewatchApp, pilot: Any, events: list[Event]) -> None:
+    """Hand the app a round's events and wait until it has folded and drawn them."""
+    for event in events:
+        app._ingest(event)
+    await wait_until(pilot, lambda: not app._inbox and not app.state.running)
+    await pilot.pause()
+
+
+def _confirm_1(config: Config) -> Config:
+    return config.model_copy(update={"watch": config.watch.model_copy(update={"confirm": 1})})
+
+
+def region_words(app: StagewatchApp, region: Region) -> str:
+    """The words on screen inside `region`, lines joined with one space (so wrapped text reads as one line)."""
+    rows = screen_text(app).splitlines()[region.y:region.bottom]
+    return " ".join(" ".join(row[region.x:region.right].split()) for row in rows)
+
+
+def timeline_shows(app: StagewatchApp, line: str) -> bool:
+    """Is the timeline line (as `timeline()` lists it) on screen, whole, in the Timeline pane (wrapped or not)?"""
+    return " ".join(line.split()) in region_words(app, app.query_one("#timeline").content_region)
+
+
+def lane(app: StagewatchApp) -> str:
+    """The build lane as drawn: the history column's header."""
+    queue = app.query_one("#queue", QueuePane)
+    return next(str(c.label) for c in queue.columns.values() if c.key.value == "history")
+
+
+# --- the timeline follows, the toasts stay out of the way, the lane tells the truth --------------------------------
+
+async def test_the_timeline_keeps_its_newest_line_in_view(tui_config):  # noqa: F811
+    """Many rounds make more lines than the pane has rows; after each one the newest line is on screen — also when
+    the pane gets shorter without a new line — until the person scrolls up; scrolled back down, it follows again."""
+    app = StagewatchApp(_confirm_1(tui_config), events=[], now=lambda: WALL0 + 999, watch=2.0)
+
+    def lines() -> list[str]:
+        return timeline(app).splitlines()
+
     async with app.run_test(size=SIZE) as pilot:
-        await wait_until(pilot, lambda: app.watch_view and "▏[bold" in screen_text(app))  # the build lane
-        text = screen_text(app)
-        assert "\x1b" not in text and "\x07" not in text
-        assert "[bold red]v2\\x1b]0;pwned\\x07" in timeline(app)  # made visible, never parsed as markup
-        assert "build [bold red]v2\\x1b" in text  # the header, as text
-        assert "DOWN" in queue_row(app, "health") and strip_of(app, "health") == "✓✗✗"
-        assert "watch stopped" in text and "round 3 FAIL" in text
-        queue = app.query_one("#queue", QueuePane)  # a click on a history cell picks its round
-        x = 1 + queue.cell_padding  # the border, then the cell's padding
-        for column in queue.ordered_columns:
-            if column.key.value == "history":
-                break
-            x += column.get_render_width(queue)
-        await pilot.click("#queue", offset=(x + 1, 2))  # health's row, the second round's cell
-        await wait_until(pilot, lambda: app.selected_round == 2)
-        assert "Stages · health · round 2 at" in screen_text(app)
+        pane = app.query_one("#timeline")
+        for k in range(18):  # a line or two a round: a build every 4 rounds, DOWN and UP in turn
+            await _fold(app, pilot, _round(10 * k, f"v{k // 4 + 1}", {"golden-path": ("pass",) if k % 2 else (
+                "fail", "handshake", "closed-before-ready")}))
+            assert timeline_shows(app, lines()[-1]), (k, lines()[-1], screen_text(app))
+        assert len(lines()) > pane.size.height and not timeline_shows(app, lines()[0])  # it did overflow
+        # the pane shrinks with no new line — the row below grows (a long close explained), the terminal shrinks —
+        # and the newest line is still the one shown
+        height = pane.size.height
+        app.query_one("#bottom").styles.min_height = 12
+        await wait_until(pilot, lambda: pane.size.height < height and timeline_shows(app, lines()[-1]))
+        height = pane.size.height
+        await pilot.resize_terminal(SIZE[0], SIZE[1] - 3)
+        await wait_until(pilot, lambda: pane.size.height < height and timeline_shows(app, lines()[-1]))
+        # the person scrolls up: the view stays where they read, however many lines come
+        for _ in range(3):
+            pane.post_message(MouseScrollUp(pane, 1, 1, 0, -1, 0, False, False, False))
+        await pilot.pause()
+        shown = [line for line in lines() if timeline_shows(app, line)]
+        await _fold(app, pilot, _round(10 * 18, "v9", {"golden-path": ("pass",)}))
+        assert shown and not timeline_shows(app, lines()[-1]) and all(timeline_shows(app, line) for line in shown)
+        for _ in range(20):  # back at the bottom: following again
+            pane.post_message(MouseScrollDown(pane, 1, 1, 0, 1, 0, False, False, False))
+        await pilot.pause()
+        await _fold(app, pilot, _round(10 * 19, "v9", {"golden-path": ("fail", "agent", "server-error")}))
+        assert timeline_shows(app, lines()[-1])
 
 
-async def test_a_timeline_line_that_grows_is_drawn_again(tui_config):  # noqa: F811
-    """Probes that flip alike in one round share one line, which the history replaces as each probe finishes:
-    the pane shows the line as it stands, not as it first read."""
-    probes = (("a", "A", 0), ("b", "B", 0))
+async def test_a_round_of_flips_is_one_short_toast_clear_of_the_close_and_diagnosis(tui_config):  # noqa: F811
+    """The alerting flips of a round make one toast that names the probes and the cause (error for DOWN), drawn
+    top right — the Close and Diagnosis panes, which explain the flip, stay readable — and gone after a few s."""
+    from tui import app as app_module
 
-    def round_events(t: float, status: str) -> list[list[Event]]:
-        steps = [[RunStarted(0.0, "sandbox", "http://127.0.0.1:1", probes, WALL0 + t)]]
-        for pid, _name, _prio in probes:
-            steps.append([ProbeStarted(0.1, pid, pid, 0, ("s",)), StageStarted(0.2, pid, "s", "http"),
-                          StageFinished(0.3, pid, "s", status, 1.0, "x"),
-                          ProbeFinished(0.4, pid, status, 1.0, None if status == "pass" else "s", 0, 0)])
-        steps.append([RunFinished(0.5, "pass" if status == "pass" else "fail", 1.0)])
-        return steps
+    app = StagewatchApp(_confirm_1(tui_config), events=[], now=lambda: WALL0 + 999, watch=2.0, bell=False)
+    app.alerts_on = True  # (a fixed event list alerts as a live watch would)
+    said: list[tuple[str, str, float | None]] = []
+    notify = app.notify
 
-    app = StagewatchApp(tui_config, events=[], now=lambda: WALL0 + 30)
+    def record(message: str, **kw: Any) -> None:
+        said.append((message, str(kw.get("severity")), kw.get("timeout")))
+        notify(message, **kw)
+
+    app.notify = record  # type: ignore[method-assign]
+    both = {"golden-path": ("pass",), "event-order": ("pass",)}
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await _fold(app, pilot, _round(0, "v1", both))
+        assert said == []  # the first UP is no news
+        await _fold(app, pilot, _round(10, "v2", {p: ("fail", "handshake", "closed-before-ready") for p in both}))
+        assert said == [("golden-path, event-order DOWN — closed-before-ready", "error", app_module.FLIP_TOAST_S)]
+        assert app_module.FLIP_TOAST_S <= 5
+        toasts = list(app.screen.query("Toast"))  # (Textual's toast widget, by its type name)
+        assert len(toasts) == 1  # on screen, whole:
+        assert "golden-path, event-order DOWN — closed-before-ready" in region_words(app, toasts[0].content_region)
+        assert "closed-before-ready" in region_words(app, app.query_one("#diagnosis-box").region)
+        for toast in toasts:
+            for pane in ("#close-box", "#diagnosis-box", "#queue"):
+                assert not toast.region.overlaps(app.query_one(pane).region), (pane, toast.region)
+        # a round where several things change, differently: one toast naming them, pointing at the timeline
+        await _fold(app, pilot, _round(20, "v2", {"golden-path": ("pass",), "event-order": ("slow", "agent", 1503,
+                                                                                           1000)}))
+        assert said[-1][:2] == ("event-order DEGRADED, golden-path UP — see Timeline", "warning")
+        assert len(said) == 2
+
+
+async def test_the_build_lane_names_only_what_health_reported(tui_config):  # noqa: F811
+    """The tester's deploy: v1, killed (refused), v2 answering 503, v2, v3. Rounds with no build reported are `?`,
+    never the last build's; every change of build carries its name, the newest one hanging past the strip when it
+    has only a round; scrolled back, the leftmost name is the build of the first cells shown; the header's build
+    is stale in words true for a refusal and a 503 alike."""
+    app = StagewatchApp(tui_config, events=[], now=lambda: WALL0 + 999, watch=2.0)
+    script = ["v1"] * 4 + [None] * 6 + ["v2"] * 3 + ["v3"]
     async with app.run_test(size=SIZE) as pilot:
-        for k, status in enumerate(("pass", "fail")):
-            for step in round_events(10 * k, status):  # each probe's end in a tick of its own
-                for event in step:
-                    app._ingest(event)
-                await wait_until(pilot, lambda: not app._inbox)
-                await pilot.pause()
-        await wait_until(pilot, lambda: "a, b PENDING at s" in screen_text(app))
+        for k, build in enumerate(script):
+            await _fold(app, pilot, _health_round(10 * k, build, "pass" if build else "fail"))
+            if k == 4:
+                assert "build v1 (stale: not reported this round)" in screen_text(app)
+        cells = len(strip_of(app, "health"))
+        assert cells == len(script) and app.query_one("#queue", QueuePane)._widths[2] > cells
+        assert lane(app) == "v1──??????▏v2▏v3"
+        assert "v1──??????▏v2▏v3" in pane_text(app, "#queue") and "stale" not in screen_text(app)
+        width = app.query_one("#queue", QueuePane)._widths[2]
+        # v3 until the strip is full and has scrolled
+        await _fold(app, pilot, [e for k in range(len(script), width + 6) for e in _health_round(10 * k, "v3")])
+        first = app.query_one("#queue", QueuePane).rounds[0]
+        assert lane(app).startswith("?" if first <= 10 else "▏v2" if first == 11 else "v3")
+        # a new build at the newest round of a full strip: the strip ends short so that its name fits
+        await _fold(app, pilot, _health_round(10 * (width + 6), "v4"))
+        assert lane(app).endswith("─▏v4") and len(strip_of(app, "health")) == width - 2
+        # scrolled back to round 3: the first cells are v1's, and say so
+        await pilot.press("left_square_bracket")  # a past round…
+        app.select_round(3)  # …then straight to round 3 (what ~25 more presses of [ come to)
+        await pilot.pause()
+        assert app.selected_round == 3 and app.query_one("#queue", QueuePane).rounds[0] == 3
+        assert lane(app).startswith("v1??????▏v2▏v3─")
+
+
+def test_build_names_that_do_not_fit_are_abbreviated_from_their_end():
+    from tui.widgets.history import _fit
+
+    assert _fit("v2", True, 3) == "▏v2" and _fit("v2", False, 5) == "v2"
+    assert _fit("2026.11.25-abc", True, 6) == "▏…-abc" and _fit("v17", True, 2) == "▏7"
+    assert _fit("v17", False, 2) == "…7" and _fit("v17", True, 1) == "7"  # one cell: drawn in reverse
+
+
+async def test_a_degraded_line_with_figures_wraps_whole_at_120_columns(tui_config):  # noqa: F811
+    """The engine's figures make a DEGRADED line longer than the pane: it wraps under its time like any line."""
+    app = StagewatchApp(tui_config, events=[], now=lambda: WALL0 + 999, watch=2.0)
+    async with app.run_test(size=SIZE) as pilot:
+        await _fold(app, pilot, _round(0, "v3", {"golden-path": ("pass",), "event-order": ("pass",)}))
+        slow = {"golden-path": ("slow", "agent", 1503, 1000), "event-order": ("slow", "agent", 1503, 1000)}
+        await _fold(app, pilot, _round(10, "v3", slow))
+        words = "golden-path, event-order DEGRADED — agent 1503 ms, over 1000 ms (build v3)"
+        line = next(line for line in timeline(app).splitlines() if words in line)
+        assert line.endswith(words) and timeline_shows(app, line)  # whole, wrapped under its time
+        region = app.query_one("#timeline").content_region
+        rows = [row[region.x:region.right] for row in screen_text(app).splitlines()[region.y:region.bottom]]
+        at = next(i for i, row in enumerate(rows) if "DEGRADED" in row)
+        assert rows[at + 1].startswith(" " * 9) and rows[at + 1].strip()  # the hanging indent past the time
 
 
 # --- a snapshot of the watch view -----------------------------------------------------------------------------------

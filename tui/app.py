@@ -2,8 +2,8 @@
 close and diagnosis, fed only by engine events (live from the bus, or from a recording at recorded pace).
 
 Watching (`--watch`, `w`): the queue runs in rounds inside one long engine run (`tui.watching.run_rounds`, one
-shared sandbox for all rounds); the state's `History` folds them, and each flip it reports sets off a toast, the
-bell and `--on-change`. The queue rows grow a history strip whose cells select a past round; the middle row's
+shared sandbox for all rounds); the state's `History` folds them, and the alerting flips of a round set off one
+short toast (top right, clear of the Close and Diagnosis panes), the bell and `--on-change`. The queue rows grow a history strip whose cells select a past round; the middle row's
 right-hand pane shows the timeline or per-stage latency (`t`) instead of the frame detail.
 
 The flow is one-way. The bus subscriber is `list.append` on the app's inbox: called synchronously in the engine's
@@ -55,7 +55,7 @@ from tui.watching import WatchControl, interval_words, run_rounds
 from tui.widgets.close import ClosePanel, DiagnosisPanel, close_summary
 from tui.widgets.frames import FrameDetail, FrameList, FrameScreen
 from tui.widgets.header import HeaderBar, SessionInfo
-from tui.widgets.history import summary_only
+from tui.widgets.history import flips_toast, summary_only
 from tui.widgets.interval import IntervalScreen
 from tui.widgets.latency import LatencyPane
 from tui.widgets.queue import QueuePane
@@ -67,6 +67,7 @@ FRAMES_EVERY = 0.1  # while only frames arrive, the frame list is redrawn at mos
 DETAIL_EVERY = 0.25  # and the detail of the newest frame (when following) at most this often
 SETTLE_MAX = 1.0  # at most this long after mount before the first run
 GC_GEN0 = 100_000  # allocations between young-generation collections while the app runs (default 700)
+FLIP_TOAST_S = 4.0  # a round's flip toast: long enough to read, gone before it hides the next round's panes
 PANELS = ("timeline", "latency", "frame")  # what `t` cycles through in the middle row's right-hand pane (watch)
 
 
@@ -142,6 +143,7 @@ class StagewatchApp(App[int]):
         self.watch_view = False  # the watch panes (strips, timeline): once watching, or a replay of rounds
         self.selected_round: int | None = None  # a past round picked on the strip (None: the live one)
         self.panel = "timeline"  # the middle row's right-hand pane in the watch view (PANELS)
+        self._held_rows: int | None = None  # watching: the bottom row's height held while a round runs
         self.bus = EventBus()
         self.clock = Clock()
         self.recorder: Recorder | None = None
@@ -276,6 +278,7 @@ class StagewatchApp(App[int]):
                 self.notify(event.message, severity=severity, timeout=8, markup=False)  # type: ignore[arg-type]
         if "history" in changed:
             self._history_changed()
+        self._steady_bottom()
         with self.batch_update():
             if changed:
                 self.query_one("#queue", QueuePane).sync(self.state, changed)
@@ -363,6 +366,23 @@ class StagewatchApp(App[int]):
         diag.set_class(bool(probe and probe.diagnoses), "-bad")
         diag.border_title = f"Diagnosis ({len(probe.diagnoses)})" if probe and probe.diagnoses else "Diagnosis"
         self._render_watch()  # the latency of the probe now focused
+
+    def _steady_bottom(self) -> None:
+        """Watching: while a round runs, the Close and Diagnosis row keeps the height it had (the round's close
+        has not come yet), so the panes above do not jump twice a round — and the timeline stays put; when the
+        round ends the row takes its new content's height (the same, mostly: once per change)."""
+        hold = self.watch_view and self.state.running and self.selected_round is None
+        if hold == (self._held_rows is not None):
+            return
+        boxes = (self.query_one("#close-box"), self.query_one("#diagnosis-box"))
+        if hold:
+            self._held_rows = self.query_one("#bottom").outer_size.height
+            for box in boxes:  # both fill the row: no gap under a pane that has little to say yet
+                box.styles.min_height = self._held_rows
+        else:
+            self._held_rows = None
+            for box in boxes:
+                box.styles.min_height = None  # back to the stylesheet's
 
     def _show_failed_stage(self) -> None:
         """Scroll the stages so the failing stage's row is in view (small terminals hide it below the fold)."""
@@ -517,18 +537,14 @@ class StagewatchApp(App[int]):
             self._round_changed()
 
     def _alert(self, flips: list[Flip]) -> None:
-        """A round's alerting flips: one toast per line of the timeline (probes that flipped alike share one),
-        one bell, and `--on-change` once per flip, in order, in the background."""
+        """A round's alerting flips: one short toast for the round (`flips_toast`: the probes and the cause, or
+        how many changed — the timeline has the lines), one bell, and `--on-change` once per flip, in order, in
+        the background."""
         history = self.state.history
-        lines = []
-        for n in sorted({f.round for f in flips}):
-            for change in history.changes(n):
-                if any(f.round == n and f.after.lower() == change.kind and f.probe in change.probes for f in flips):
-                    lines.append(change)
-        for change in lines:
-            severity = {"down": "error", "degraded": "warning"}.get(change.kind, "information")
-            self.notify(visible(change.text), title=f"{wall_clock(change.at)} · round {change.round}",
-                        severity=severity, timeout=8, markup=False)  # type: ignore[arg-type]
+        message, severity = flips_toast(history, flips)
+        last = flips[-1]
+        self.notify(message, title=f"{wall_clock(last.at)} · round {last.round}", severity=severity,
+                    timeout=FLIP_TOAST_S, markup=False)  # probe ids and codes: text, never markup
         if self.bell_on:
             self.bell()
         if self.on_change:

@@ -37,9 +37,10 @@ HELP = """\
   Moving the cursor focuses a probe; until you do, the focus follows the running probe and stops on the
   first failure. While watching: each probe's state (UP; DEGRADED: a stage slower than its threshold;
   PENDING: failing, not confirmed yet; DOWN: failed `confirm` rounds in a row) and its history strip, one
-  cell per round (✓ pass, ~ degraded, ✗ fail, · not run), under the build lane (▏ marks a new build).
-* **Timeline** (watch) — every flip and build change in local time, newest at the bottom: when it broke, on
-  which build, at which stage and why; when it came back and how long the outage lasted.
+  cell per round (✓ pass, ~ degraded, ✗ fail, · not run), under the build lane: the build health reported in
+  each round (▏ marks a new build; ? a round where health reported none). A round's flips make one short toast.
+* **Timeline** (watch) — every flip and build change in local time, newest at the bottom (followed until you
+  scroll up): when it broke, on which build, at which stage and why; when it came back and how long it was down.
 * **Latency** (watch) — each stage's time over the rounds (passing runs) with p50 and p95: a slow drift
   shows before a break.
 * **Stages** — the focused probe's path, each stage with status, duration and what the engine saw.

@@ -1,4 +1,4 @@
-"""The header: target, deployed build (from health; marked stale when health did not answer in the last round),
+"""The header: target, deployed build (from health; marked stale when health reported none in the last round),
 token subject and expiry countdown, run counters, and what the session is (live with its recording path, or a
 replay with its position and speed). While watching, the run counter gives way to the rounds: "watch 10 s ·
 round 14 FAIL · 14:03:12 (8 s ago) · next in 2 s"."""
@@ -70,8 +70,9 @@ class HeaderBar(Static):
         top.append(*sep)
         top.append("build ", style="dim")
         top.append(state.version or "—", style="bold")
-        if state.version and not state.history.build_reachable:  # what health said before it stopped answering
-            top.append(" (stale: health unreachable)", style=f"bold {status_color(self.app, 'error')}")
+        if state.version and not state.history.build_reachable:
+            # what health said in an earlier round: this one named none (refused, 503, no version field alike)
+            top.append(" (stale: not reported this round)", style=f"bold {status_color(self.app, 'error')}")
         top.append(*sep)
         top.append("token ", style="dim")
         token = state.token

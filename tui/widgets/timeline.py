@@ -3,6 +3,12 @@ coloured by kind — `14:03:12 golden-path DOWN at handshake — closed-before-r
 golden-path UP — outage 2 m 28 s, 9 rounds`. The words are `probes.watch.History`'s (built from sanitised values);
 they are shown as `Text`, never parsed as markup. The newest line stays in view unless the person scrolls up; a
 picked round scrolls to its lines and shows their times in reverse.
+
+Following is Textual's anchor (`Widget.anchor`): while laying the pane out, the compositor keeps an anchored pane
+at its bottom as lines arrive, until the person scrolls away (Textual then calls `release_anchor`); scrolled back
+to the bottom, it anchors again. When the pane itself changes height (the Close and Diagnosis row below grows or
+shrinks with each round), that pin is measured with the height it had before, so after every resize the pane
+settles at its end again (while following) and never past it.
 """
 
 from __future__ import annotations
@@ -10,7 +16,6 @@ from __future__ import annotations
 import time
 
 from rich.text import Text
-from textual import events
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import Static
@@ -29,10 +34,12 @@ def wall_clock(at: float) -> str:
 
 
 class TimelinePane(VerticalScroll):
-    """The lines of `History.timeline`; follows the newest line unless scrolled away."""
+    """The lines of `History.timeline`; follows the newest line (anchored) unless scrolled away or a round is
+    picked."""
 
     DEFAULT_CSS = """
-    TimelinePane > Static { width: 1fr; }
+    TimelinePane { scrollbar-gutter: stable; }  /* lines are wrapped to a width a scrollbar will not take away */
+    TimelinePane > Static { width: 1fr; min-height: 100%; }  /* anchored, a short timeline still starts at the top */
     """
 
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
@@ -42,28 +49,39 @@ class TimelinePane(VerticalScroll):
         self._history: History | None = None
         self._selected: int | None = None
         self._scrolled_for: int | None = None  # the picked round the view was last scrolled to
-        self.follow = True  # keep the newest line in view (until the person scrolls up, or a round is picked)
+        self.following = True  # the newest line is kept in view (False: the person scrolled up, or picked a round)
 
     def compose(self) -> ComposeResult:
         yield Static(id="timeline-body", markup=False)
 
-    def _on_mouse_scroll_up(self, event: events.MouseScrollUp) -> None:
-        self.follow = False  # the person reads back: stay where they are
+    def on_mount(self) -> None:
+        self._follow()
 
-    def _on_mouse_scroll_down(self, event: events.MouseScrollDown) -> None:
-        self.call_after_refresh(self._resume_at_end)
+    def _follow(self) -> None:
+        self.following = True
+        self.anchor()
 
-    def _resume_at_end(self) -> None:
-        if self.scroll_y >= self.max_scroll_y:
-            self.follow = True
+    def release_anchor(self) -> None:
+        """Textual calls this when the person scrolls (wheel, scrollbar, keys); so does a scroll to a picked round."""
+        super().release_anchor()
+        self.following = False
 
-    def _to_end(self) -> None:
-        if self.follow:
-            self.scroll_to(y=self.max_scroll_y, animate=False, immediate=True)
+    def watch_scroll_y(self, old_value: float, new_value: float) -> None:
+        super().watch_scroll_y(old_value, new_value)  # (re-anchors when the person scrolls back to the bottom)
+        if not self.following and self.is_anchored and new_value >= self.max_scroll_y > 0:
+            self.following = True
 
     def on_resize(self) -> None:
         if self._history is not None:
             self.show(self._history, self._selected)  # lines wrap to the width
+        self.call_after_refresh(self._settle)
+
+    def _settle(self) -> None:
+        """At the end while following; never scrolled past the end (a pin measured at the height before)."""
+        end = self.max_scroll_y
+        if (self.following and self.scroll_y != end) or self.scroll_y > end:
+            self.scroll_target_y = end
+            self.scroll_y = end
 
     def show(self, history: History, selected: int | None) -> None:
         self._history, self._selected = history, selected
@@ -93,12 +111,13 @@ class TimelinePane(VerticalScroll):
         body.update(text)
         if selected is not None and picked_at is not None and selected != self._scrolled_for:
             self._scrolled_for = selected  # once per pick: the person may scroll elsewhere afterwards
-            self.follow = False
+            # (once laid out: the new height is known then); a scroll from code releases the anchor
             self.call_after_refresh(self.scroll_to, y=max(0, picked_at - 1), animate=False)
         elif selected is None and self._scrolled_for is not None:
             self._scrolled_for = None
-            self.follow = True  # back to the live round: back to the newest line
-        self.call_after_refresh(self._to_end)  # (once laid out: the new height is known then)
+            self.call_after_refresh(self._follow)  # back to the live round: back to the newest line
+        elif self.following:
+            self.call_after_refresh(self._settle)
 
     def _line(self, change: Change, selected: int | None, width: int) -> Text:
         """`HH:MM:SS words…`, the words wrapped under themselves (a hanging indent past the time)."""
