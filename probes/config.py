@@ -25,7 +25,7 @@ import string
 from collections.abc import Callable, Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, get_origin
+from typing import Annotated, Any, Literal, get_origin
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
@@ -263,6 +263,31 @@ class Recording(_Model):
     keep_days: float = Field(7.0, gt=0)  # older recordings in that folder are removed
 
 
+Priority = Annotated[int, Field(ge=0, le=9)]
+
+
+class PytestSuite(_Model):
+    """Your own pytest suite in the queue (`stagewatch run --pytest`, `stagewatch pytest`): each test's priority
+    from its markers or its name, and how much the plugin reports per test."""
+    # marker name -> priority; a test takes the most urgent (lowest) of its markers' and matching patterns'
+    markers: dict[str, Priority] = Field(default_factory=lambda: {
+        "smoke": 0, "critical": 1, "priority1": 1, "priority2": 2, "priority3": 3})
+    # fnmatch pattern on the test's name, its file's name or its node id -> priority
+    patterns: dict[str, Priority] = Field(default_factory=lambda: {"test_priority1_*": 1})
+    default_priority: Priority = 2  # a test nothing maps
+    max_frames: int = Field(500, ge=0, le=100_000)  # WebSocket frames shown per test (all are counted)
+    frame_bytes: int = Field(8192, ge=64, le=2**20)  # bytes of each frame shown (the size is always exact)
+    longrepr_chars: int = Field(4000, ge=200, le=100_000)  # pytest's failure text kept per phase (its end)
+
+    @field_validator("markers", "patterns")
+    @classmethod
+    def _names(cls, mapping: dict[str, int]) -> dict[str, int]:
+        for name in mapping:
+            if not name.strip():
+                raise ValueError("a marker or pattern cannot be empty")
+        return mapping
+
+
 class Config(_Model):
     default_target: str = SANDBOX
     targets: dict[str, Target]
@@ -272,6 +297,7 @@ class Config(_Model):
     safety: Safety = Field(default_factory=Safety)
     watch: Watch = Field(default_factory=Watch)
     recording: Recording = Field(default_factory=Recording)
+    pytest: PytestSuite = Field(default_factory=PytestSuite)
     probes: list[ProbeDef]
     source: str = Field("<defaults>", exclude=True)
 

@@ -23,7 +23,7 @@ from .events import (Closed, Diagnosed, Event, Notice, ProbeFinished, ProbeStart
                      StageFinished)
 from .recording import Recorder
 from .redact import Redactor
-from .model import RunModel
+from .model import ProbeModel, RunModel
 from .report import write_json, write_junit, write_markdown
 from . import sanitize
 from .alerts import flip_payload, run_on_change
@@ -31,6 +31,9 @@ from .sanitize import event_visible, one_line
 from .watch import UNREACHABLE, Flip, cause_words
 from .clock import Clock
 from .runner import RunOptions, run_queue, shared_sandbox
+from .pytest_run import run_pytest
+
+PYTEST_USAGE_ERROR = 4  # pytest's exit code for arguments it refuses
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
@@ -48,17 +51,19 @@ class Printer:
               "build": ("◆", "36"), "cause": ("▼", "31")}
 
     def __init__(self, out: TextIO | None = None, color: bool | None = None, verbose: bool = False,
-                 insecure: bool = False, rounds: bool = False, confirm: int = 2) -> None:
+                 insecure: bool = False, rounds: bool = False, confirm: int = 2, items: str = "probes") -> None:
         out = sys.stdout if out is None else out
         self.out = out
         self.insecure = insecure
         self.color = (out.isatty() and "NO_COLOR" not in os.environ) if color is None else color
         self.verbose = verbose
         self.rounds = rounds
+        self.items = items  # what the queue holds, in words: probes, or the tests of a pytest suite
         self.stages = verbose or not rounds  # the stage lines
         self.model = RunModel()
         self.model.history.configure(confirm=confirm)
         self.skipped: dict[str, int] = {}  # skipped stages not shown, per probe (without --verbose)
+        self.headed: tuple[str, int] | None = None  # a pytest run: the test (and its run) written about last
         self._legend = False
 
     def _c(self, text: str, code: str) -> str:
@@ -81,12 +86,15 @@ class Printer:
     def _stage_lines(self, e: Event) -> None:
         probe = self.model.probes.get(getattr(e, "probe_id", ""))
         pad = f"   {'':<14}"
+        if self.items == "tests" and not isinstance(e, (RunStarted, Notice, RunFinished)):
+            self._test_lines(e, probe)
+            return
         if isinstance(e, RunStarted):
             if self.rounds and self.model.history.total_rounds > 1:
                 return
             where = e.target if e.base_url == e.target else f"{e.target} ({e.base_url})"
             insecure = self._c(" · TLS NOT VERIFIED (--insecure)", "31;1") if self.insecure else ""
-            self._w(f"stagewatch → {where} · {len(e.probes)} probes{insecure}")
+            self._w(f"stagewatch → {where} · {len(e.probes)} {self.items}{insecure}")
         elif isinstance(e, ProbeStarted):
             self.skipped[e.probe_id] = 0
         elif isinstance(e, StageFinished):
@@ -116,6 +124,40 @@ class Printer:
             sys.stderr.write(f"stagewatch: {e.level}: {e.message}\n")
         elif isinstance(e, RunFinished):
             self._w(f"verdict: {self._verdict(e)} in {e.duration_ms / 1000:.2f} s")
+
+    def _test_lines(self, e: Event, probe: ProbeModel | None) -> None:
+        """A pytest run: a line per test (priority and node id) when it first has something to say, then its
+        stage lines below it; passing setup/teardown phases and skipped connection stages only with --verbose."""
+        pad = "   "
+        if probe is None:
+            return
+        if isinstance(e, StageFinished):
+            phase = e.stage in ("setup", "call", "teardown", "collect")
+            if not self.verbose and ((e.status == "pass" and e.stage in ("setup", "teardown"))
+                                     or (e.status == "skip" and not phase)):
+                return
+            self._test_header(probe)
+            word, code = self.STATUS[e.status]
+            self._w(f"{pad}{e.stage:<12} {self._c(f'{word:<5}', code)} {e.duration_ms:>8.1f} ms  {e.detail}")
+        elif isinstance(e, Closed) and (e.by != "client" or e.code != 1000):
+            self._test_header(probe)
+            self._w(f"{pad}{'close':<12} {self._c(close_sentence(e.code, e.reason, e.by, e.after_ms), '35')}")
+        elif isinstance(e, Diagnosed):
+            self._test_header(probe)
+            for d in e.diagnoses:
+                self._w(f"{pad}{self._c('diagnosis', '36')}    {d['code']}: {d['summary']}")
+                if self.verbose:
+                    for item in d.get("evidence", []):
+                        self._w(f"{pad}             · {item}")
+        elif isinstance(e, ProbeFinished):
+            self._test_header(probe)
+
+    def _test_header(self, probe: ProbeModel) -> None:
+        """The test's line before its first stage line, and again whenever another test's lines came between
+        (pytest-xdist runs tests side by side)."""
+        if self.headed != (probe.id, probe.runs):
+            self.headed = (probe.id, probe.runs)
+            self._w(f"P{probe.priority} {probe.name}")
 
     # --- a watch: a line per round, a line per change ----------------------------------------------------------
     def _round_line(self) -> None:
@@ -166,14 +208,17 @@ class Printer:
         unreachable = sum(p.status == "skip" and any(d.get("code") == UNREACHABLE for d in p.diagnoses)
                           for p in this_run)
         not_run = sum(p.status == "skip" for p in this_run) - unreachable
-        failures = [f"{p.id} at {p.failed_stage}" for p in this_run if p.status in ("fail", "error")]
+        failures = [f"{p.id if self.items == 'probes' else p.name.rsplit('::', 1)[-1]} at {p.failed_stage}"
+                    for p in this_run if p.status in ("fail", "error")]
         if e.verdict == "pass":
-            return self._c("PASS", "32;1") + f" — {passed}/{len(this_run)} probes passed"
+            return self._c("PASS", "32;1") + f" — {passed}/{len(this_run)} {self.items} passed" + (
+                f", {len(this_run) - passed} skipped" if passed < len(this_run) else "")
         if e.verdict == "interrupted":
-            return self._c("INTERRUPTED", "33;1") + f" — {len(this_run)} probes finished"
-        skipped = (f", {not_run} not run (--fail-fast)" if not_run else "") + (
+            return self._c("INTERRUPTED", "33;1") + f" — {len(this_run)} {self.items} finished"
+        why = "not run (--fail-fast)" if self.items == "probes" else "skipped or not run"
+        skipped = (f", {not_run} {why}" if not_run else "") + (
             f", {unreachable} not attempted (target unreachable)" if unreachable else "")
-        return (self._c("FAIL", "31;1") + f" — {len(failures)} of {len(this_run)} probes failed"
+        return (self._c("FAIL", "31;1") + f" — {len(failures)} of {len(this_run)} {self.items} failed"
                 f" ({'; '.join(failures)}){skipped}")
 
 
@@ -203,6 +248,7 @@ class HeadlessRequest:
     on_change: str | None = None  # a command given each flip as JSON on stdin
     bell: bool = True  # the terminal bell on a flip (a watch on a terminal)
     record_max_bytes: int | None = None
+    pytest_args: tuple[str, ...] | None = None  # run the team's own pytest suite (these arguments) as the queue
 
 
 class _SafeStream:
@@ -362,7 +408,8 @@ async def _run(req: HeadlessRequest, summary: RunModel, recorders: list[Recorder
     watching = req.watch is not None
     if not req.quiet:
         bus.subscribe(Printer(verbose=req.verbose, insecure=not req.target.verify_tls, rounds=watching,
-                              confirm=req.config.watch.confirm).handle)
+                              confirm=req.config.watch.confirm,
+                              items="probes" if req.pytest_args is None else "tests").handle)
     recorder: Recorder | None = None
     if req.record_path is not None:
         redactor = Redactor(req.extra_secrets)
@@ -374,14 +421,21 @@ async def _run(req: HeadlessRequest, summary: RunModel, recorders: list[Recorder
     rounds = _Rounds(req, summary)
     deadline = None if req.for_s is None else time.monotonic() + req.for_s
     landed = False
+    usage_error = False
     try:
         async with shared_sandbox(req.target, req.options) as options:  # one sandbox for every round
             n = 0
             while True:
                 n += 1
                 started = time.monotonic()
-                await run_queue(req.config, req.target, bus, options, clock)
+                if req.pytest_args is None:
+                    await run_queue(req.config, req.target, bus, options, clock)
+                else:
+                    result = await run_pytest(req.config, req.target, bus, options, clock, req.pytest_args)
+                    usage_error = result.exit_code == PYTEST_USAGE_ERROR
                 landed = await rounds.after()
+                if usage_error:
+                    return EXIT_USAGE  # pytest refused its arguments: another round would too
                 if not watching or landed or (req.count is not None and n >= req.count):
                     break
                 assert req.watch is not None

@@ -14,6 +14,7 @@ from .closecodes import WHO_CLOSED, close_meaning, close_sentence
 from . import sanitize
 from .frames import classify
 from .model import ProbeModel, RunModel
+from .pytest_items import STEP as PYTEST_STEP
 from .watch import duration_words, iso
 
 
@@ -29,7 +30,37 @@ def probe_record(p: ProbeModel) -> dict[str, Any]:
         "diagnoses": [{"code": d["code"], "summary": d["summary"], "evidence": d.get("evidence", []),
                        "next_step": d.get("next_step", "")} for d in p.diagnoses],
         "frames_in": p.frames_in, "frames_out": p.frames_out,
+        **(pytest_fields(p) or {}),
     }
+
+
+def _phases(p: ProbeModel) -> list[dict[str, Any]]:
+    """What pytest said about each phase of a test, in order (typed evidence, or raw from a recording)."""
+    out = []
+    for s in p.stages.values():
+        record = s.evidence.to_record() if s.evidence is not None else {}
+        if record.get("kind") == PYTEST_STEP:
+            out.append(record)
+    return out
+
+
+def pytest_fields(p: ProbeModel) -> dict[str, Any] | None:
+    """A test of a pytest suite: `kind: "pytest"`, its `nodeid`, pytest's `outcome` and the `longrepr` excerpt of
+    its first failing phase; None for a probe."""
+    phases = _phases(p)
+    if not phases:
+        return None
+    by_when = {str(r.get("when")): r for r in phases}
+    outcomes = {when: str(r.get("outcome", "")) for when, r in by_when.items()}
+    failing = next((r for r in phases if r.get("outcome") in ("failed", "error")), None)
+    if outcomes.get("collect") == "error" or outcomes.get("setup") in ("failed", "error"):
+        outcome = "error"
+    elif "call" in outcomes and outcomes["call"] != "failed" and outcomes.get("teardown") in ("failed", "error"):
+        outcome = "error"
+    else:
+        outcome = outcomes.get("call") or outcomes.get("setup") or p.status
+    return {"kind": "pytest", "nodeid": str(phases[0].get("nodeid") or p.name), "outcome": outcome,
+            "longrepr": str(failing.get("longrepr", "")) if failing else ""}
 
 
 def _iso(model: RunModel, t: float | None) -> str | None:
@@ -83,8 +114,9 @@ def write_junit(model: RunModel) -> str:
                           timestamp=_iso(model, model.started_t) or "")
     for p in probes:
         seconds = (p.duration_ms or 0.0) / 1000.0
-        case = ET.SubElement(suite, "testcase", classname=f"stagewatch.P{p.priority}", name=p.id,
-                             time=f"{seconds:.3f}")
+        test = pytest_fields(p)
+        case = ET.SubElement(suite, "testcase", classname=f"stagewatch.P{p.priority}",
+                             name=test["nodeid"] if test else p.id, time=f"{seconds:.3f}")
         body = "\n".join(f"{s.status:5} {s.name:<12} {s.duration_ms:8.1f} ms  {s.detail}" for s in p.done_stages)
         c = p.close
         if c is not None:
@@ -95,6 +127,8 @@ def write_junit(model: RunModel) -> str:
                 body += f"\n  - {e}"
             if d.get("next_step"):
                 body += f"\n  next: {d['next_step']}"
+        if test and test["longrepr"]:
+            body += f"\n\npytest:\n{test['longrepr']}"
         if p.status in ("fail", "error"):
             tag = "failure" if p.status == "fail" else "error"
             kind = p.diagnoses[0]["code"] if p.diagnoses else (p.failed_stage or p.status)
@@ -165,19 +199,24 @@ def write_markdown(model: RunModel) -> str:
                   + (f" · {model.finished.duration_ms / 1000:.2f} s" if model.finished else ""))
     out = [f"## stagewatch: {model.verdict.upper()} — {model.target}",
            "",
-           f"{passed}/{len(probes)} probes passed · {rounds}",
+           f"{passed}/{len(probes)} {'tests' if probes and all(map(pytest_fields, probes)) else 'probes'} passed · "
+           f"{rounds}",
            "",
            *_watch_markdown(model),
            "| P | probe | status | ms | failed at |",
            "|---|---|---|---:|---|"]
     for p in probes:
         ms = f"{p.duration_ms:.0f}" if p.duration_ms is not None else ""
-        out.append(f"| P{p.priority} | {p.id} | {_GLYPH.get(p.status, p.status)} {p.status} | {ms} | "
+        test = pytest_fields(p)
+        shown = f"`{_md_cell(test['nodeid'])}`" if test else p.id
+        out.append(f"| P{p.priority} | {shown} | {_GLYPH.get(p.status, p.status)} {p.status} | {ms} | "
                    f"{p.failed_stage or ''} |")
     for p in probes:
         if p.status not in ("fail", "error"):
             continue
-        out += ["", f"### {p.id} ({p.name})", "", "| stage | status | ms | detail |", "|---|---|---:|---|"]
+        test = pytest_fields(p)
+        title = f"`{test['nodeid']}` ({test['outcome']})" if test else f"{p.id} ({p.name})"
+        out += ["", f"### {title}", "", "| stage | status | ms | detail |", "|---|---|---:|---|"]
         for s in p.done_stages:
             out.append(f"| {s.name} | {s.status} | {s.duration_ms:.0f} | {_md_cell(s.detail)} |")
         c = p.close
@@ -198,4 +237,8 @@ def write_markdown(model: RunModel) -> str:
                 arrow = "→" if f.direction == "out" else "←"
                 out.append(f"{f.ms:8.1f} ms {arrow} {f.size:6d} B  {classify(f.data).summary}")
             out += ["```", "</details>"]
+        if test and test["longrepr"]:
+            fence = "````" if "```" in test["longrepr"] else "```"
+            out += ["", "<details><summary>pytest's failure</summary>", "", fence, test["longrepr"], fence,
+                    "</details>"]
     return sanitize.visible("\n".join(out) + "\n")

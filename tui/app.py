@@ -22,7 +22,7 @@ import gc
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from textual import on
@@ -44,6 +44,7 @@ from probes.recording import Recorder, RecordingError, Replay, read_recording
 from probes.redact import Redactor
 from probes.safety import looks_like_production
 from probes.sanitize import one_line, visible
+from probes.pytest_run import run_pytest
 from probes.runner import Clock, RunOptions, run_queue
 from probes.watch import Flip
 from tui.commands import StagewatchCommands
@@ -118,8 +119,9 @@ class StagewatchApp(App[int]):
                  record_path: Path | None = None, replay: Replay | None = None, replay_name: str = "", *,
                  events: Iterable[Event] | None = None, now: Callable[[], float] | None = None,
                  autostart: bool = True, speed: float = 1.0, paused: bool = False, watch: float | None = None,
-                 bell: bool = True, on_change: str | None = None) -> None:
+                 bell: bool = True, on_change: str | None = None, pytest_args: Sequence[str] | None = None) -> None:
         super().__init__()
+        self.pytest_args = None if pytest_args is None else tuple(pytest_args)
         self.config = config
         self.target = target
         self.options = options or RunOptions()
@@ -692,7 +694,7 @@ class StagewatchApp(App[int]):
         """The watch worker: await the rounds in the engine's loop; they speak only through the bus."""
         assert self.engine is not None
         try:
-            await self.engine.run(run_rounds(self.config, target, self.bus, self.clock, control))
+            await self.engine.run(run_rounds(self.config, target, self.bus, self.clock, control, self.pytest_args))
         finally:
             if self.control is control:
                 self.control = None
@@ -849,7 +851,10 @@ class StagewatchApp(App[int]):
     async def _run(self, target: ResolvedTarget, options: RunOptions) -> None:
         """The worker: await the engine (in its thread). Everything it has to say arrives as events on the bus."""
         assert self.engine is not None
-        await self.engine.run(run_queue(self.config, target, self.bus, options, self.clock))
+        if self.pytest_args is not None:  # the team's own suite as the queue
+            await self.engine.run(run_pytest(self.config, target, self.bus, options, self.clock, self.pytest_args))
+        else:
+            await self.engine.run(run_queue(self.config, target, self.bus, options, self.clock))
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.state == WorkerState.ERROR and event.worker.error is not None:
@@ -891,7 +896,7 @@ class StagewatchApp(App[int]):
 
 def run_app(config: Config, target: ResolvedTarget | None, options: RunOptions, record_path: Path | None,
             replay_path: Path | None, *, watch: float | None = None, bell: bool = True,
-            on_change: str | None = None) -> int:
+            on_change: str | None = None, pytest_args: Sequence[str] | None = None) -> int:
     """Open the app (live against `target`, watching every `watch` seconds when given, or replaying
     `replay_path`); returns the process exit code."""
     replay: Replay | None = None
@@ -909,6 +914,7 @@ def run_app(config: Config, target: ResolvedTarget | None, options: RunOptions, 
         sys.stderr.write("stagewatch: error: no target to probe\n")
         return 2
     app = StagewatchApp(config, target, options, record_path, replay, replay_name=one_line(_home(replay_path or "")),
-                        watch=watch if replay is None else None, bell=bell, on_change=on_change)
+                        watch=watch if replay is None else None, bell=bell, on_change=on_change,
+                        pytest_args=pytest_args)
     app.run()
     return app.return_code or 0  # 0 after quitting; 1 if the app itself crashed (Textual printed why)

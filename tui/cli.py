@@ -1,4 +1,5 @@
-"""The `stagewatch` command line: the live app (default), `run` (headless, for CI), `sandbox`, `demo`, `replay`.
+"""The `stagewatch` command line: the live app (default), `run` (headless, for CI; `run --pytest` runs your own
+pytest suite as the queue), `pytest`, `sandbox`, `demo`, `replay`.
 
 User errors (bad config, unknown target, unreachable file) print one line on stderr and exit 2; no traceback.
 The Textual app is imported only by the commands that open it, so `stagewatch run` starts fast.
@@ -158,6 +159,7 @@ def _prepare(config_path: str | None, target: str | None, url: str | None, fault
 
 WATCH_DEFAULT = 0.0  # `--watch` without a value: the config's watch.interval_s
 MIN_WATCH_S = 0.1
+DEMO_WATCH_S = 2.0  # `demo --deploy` watches this often unless --watch says otherwise
 
 
 def _watch_interval(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
@@ -232,8 +234,15 @@ def _open_app(config: Config, target: ResolvedTarget | None, options: RunOptions
                      watch=watch, bell=bell, on_change=on_change))
 
 
-@main.command()
+# `run --pytest ARGS…` and `pytest ARGS…`: everything after the first argument (or after `--`) is pytest's.
+_PYTEST_ARGS = {"ignore_unknown_options": True, "allow_interspersed_args": False}
+_PYTEST_HELP = ("Run your own pytest suite as the queue: the arguments after the options (put them after `--` when "
+                "they start with an option stagewatch has too, e.g. -v) go to pytest, run with stagewatch's plugin.")
+
+
+@main.command(context_settings=_PYTEST_ARGS)
 @target_options
+@click.option("--pytest", "use_pytest", is_flag=True, help=_PYTEST_HELP)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the JSON report.")
 @click.option("--junit", "junit_path", type=click.Path(dir_okay=False, path_type=Path), help="Write JUnit XML.")
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -255,16 +264,23 @@ def _open_app(config: Config, target: ResolvedTarget | None, options: RunOptions
 @click.option("--on-change", metavar="CMD",
               help="With --watch: run CMD on every flip (DOWN, UP, DEGRADED), the flip as JSON on its stdin.")
 @click.option("--no-bell", is_flag=True, help="With --watch: no terminal bell on a flip.")
+@click.argument("pytest_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- PYTEST ARGS…]")
 def run(config_path: str | None, target: str | None, url: str | None, fault: str, expect_version: str | None,
         fail_fast: bool, only: tuple[str, ...], max_priority: int | None, insecure: bool, allow_production: bool,
-        json_path: Path | None, junit_path: Path | None, markdown_path: Path | None, record_path: str | None,
-        no_record: bool, verbose: bool, quiet: bool, watch_every: float | None, count: int | None,
-        for_s: float | None, until_pass: bool, until_version: str | None, jsonl_path: Path | None,
-        on_change: str | None, no_bell: bool) -> None:
+        use_pytest: bool, json_path: Path | None, junit_path: Path | None, markdown_path: Path | None,
+        record_path: str | None, no_record: bool, verbose: bool, quiet: bool, watch_every: float | None,
+        count: int | None, for_s: float | None, until_pass: bool, until_version: str | None,
+        jsonl_path: Path | None, on_change: str | None, no_bell: bool, pytest_args: tuple[str, ...]) -> None:
     """Run the probe queue headless: a line per stage, a verdict, reports. Exit 0 pass, 1 fail, 2 usage.
 
     With --watch, the queue runs in rounds: a line per round, a line per flip; the reports describe the whole
-    watch (rounds, flips, outages, builds) and its verdict is the last round's."""
+    watch (rounds, flips, outages, builds) and its verdict is the last round's. With --pytest, the queue is your
+    own pytest suite (`stagewatch run --pytest -- examples/e2e -k auth`): each test shown like a probe."""
+    if not use_pytest and pytest_args:
+        if pytest_args[0].startswith("-"):
+            raise click.NoSuchOption(pytest_args[0], ctx=click.get_current_context())
+        raise click.UsageError(f"Got unexpected extra argument ({one_line(pytest_args[0])}); pytest arguments go "
+                               "with --pytest", ctx=click.get_current_context())
     given = {"--count": count is not None, "--for": for_s is not None, "--until-pass": until_pass,
              "--until-version": until_version is not None, "--jsonl": jsonl_path is not None,
              "--on-change": on_change is not None, "--no-bell": no_bell}
@@ -274,16 +290,66 @@ def run(config_path: str | None, target: str | None, url: str | None, fault: str
             fail(f"{orphan} goes with --watch")
     elif watch_every < 0.05:
         fail("--watch: the interval must be at least 50ms")
+    if use_pytest:
+        _pytest_usable(only, expect_version)
     config, resolved, options = _prepare(config_path, target, url, fault, expect_version, fail_fast, only,
                                          max_priority, insecure, allow_production)
-    _check_credentials(config, resolved, options)
+    if not use_pytest:
+        _check_credentials(config, resolved, options)
     req = HeadlessRequest(config, resolved, options, json_path, junit_path, markdown_path,
                           _record_path(record_path, no_record, resolved.name, config), verbose, quiet,
                           watch=watch_every, count=count, for_s=for_s, until_pass=until_pass,
                           until_version=until_version, jsonl_path=jsonl_path, on_change=on_change,
                           bell=config.watch.bell and not no_bell,
-                          record_max_bytes=int(config.recording.max_file_mb * 1024 * 1024))
+                          record_max_bytes=int(config.recording.max_file_mb * 1024 * 1024),
+                          pytest_args=pytest_args if use_pytest else None)
     sys.exit(run_headless(req))
+
+
+def _pytest_usable(only: tuple[str, ...], expect_version: str | None) -> None:
+    """What a pytest run cannot honour is refused, not ignored; pytest must be importable here."""
+    import importlib.util
+
+    if only:
+        fail("--only names probes; to pick tests give pytest its own -k or node ids")
+    if expect_version:
+        fail("--expect-version checks the probes' health stage; a pytest suite checks builds itself")
+    if importlib.util.find_spec("pytest") is None:
+        fail(f"running a pytest suite needs pytest in this Python ({sys.executable}): pip install pytest")
+
+
+@main.command(context_settings=_PYTEST_ARGS)
+@target_options
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the JSON report.")
+@click.option("--junit", "junit_path", type=click.Path(dir_okay=False, path_type=Path), help="Write JUnit XML.")
+@click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write a Markdown report.")
+@click.option("--record", "record_path", metavar="PATH", help="Record the session here (default: user data dir).")
+@click.option("--no-record", is_flag=True, help="Do not record the session.")
+@click.option("--verbose", "-v", is_flag=True, help="Also print skipped stages and diagnosis evidence.")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing; rely on the exit code and reports.")
+@click.argument("pytest_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- PYTEST ARGS…]")
+def pytest(config_path: str | None, target: str | None, url: str | None, fault: str, expect_version: str | None,
+           fail_fast: bool, only: tuple[str, ...], max_priority: int | None, insecure: bool, allow_production: bool,
+           json_path: Path | None, junit_path: Path | None, markdown_path: Path | None, record_path: str | None,
+           no_record: bool, verbose: bool, quiet: bool, pytest_args: tuple[str, ...]) -> None:
+    """Your own pytest suite as the queue, each test shown like a probe (stages, frames, close, diagnosis).
+
+    `stagewatch pytest examples/e2e -k auth`: the embedded sandbox's URL and key reach the suite as
+    STAGEWATCH_BASE_URL, STAGEWATCH_WS_URL and JWT_SECRET_KEY. Opens the live monitor (`r` reruns the focused
+    test alone); with --json/--junit/--markdown or -q it runs headless, like `stagewatch run --pytest`."""
+    _pytest_usable(only, expect_version)
+    config, resolved, options = _prepare(config_path, target, url, fault, expect_version, fail_fast, only,
+                                         max_priority, insecure, allow_production)
+    record = _record_path(record_path, no_record, resolved.name, config)
+    if not (json_path or junit_path or markdown_path or quiet):
+        from tui.app import run_app
+
+        sys.exit(run_app(config=config, target=resolved, options=options, record_path=record, replay_path=None,
+                         pytest_args=pytest_args))
+    sys.exit(run_headless(HeadlessRequest(config, resolved, options, json_path, junit_path, markdown_path, record,
+                                          verbose, quiet, pytest_args=pytest_args,
+                                          record_max_bytes=int(config.recording.max_file_mb * 1024 * 1024))))
 
 
 _DEPLOY_HELP = ('Play a deploy, e.g. "0s ok@v1, 5s restart, 7s closed-before-ready@v2, 12s ok@v2": steps '
@@ -390,9 +456,13 @@ def repro(config_path: str | None, target: str | None, url: str | None, allow_pr
 @click.option("--deploy", "deploy_script", metavar="SCRIPT", help=_DEPLOY_HELP)
 @click.option("--record", "record_path", metavar="PATH", help="Record the session here.")
 @click.option("--no-record", is_flag=True, help="Do not record the session.")
+@click.option("--watch", "watch", metavar="DURATION", is_flag=False, flag_value="", default=None,
+              callback=_watch_interval, help="Watch: the queue in rounds every DURATION (default with --deploy: "
+              f"{DEMO_WATCH_S:g}s, so a short script is seen round by round; alone: the config's watch.interval_s).")
 def demo(config_path: str | None, fault: str, deploy_script: str | None, record_path: str | None,
-         no_record: bool) -> None:
-    """Open the live monitor against the embedded sandbox with a fault switched on (or a deploy playing)."""
+         no_record: bool, watch: float | None) -> None:
+    """Open the live monitor against the embedded sandbox with a fault switched on (or a deploy playing, watched
+    round by round: every 2 s unless --watch says otherwise)."""
     from probes.sandbox import SandboxOptions
 
     steps = _deploy_steps(deploy_script)
@@ -405,7 +475,11 @@ def demo(config_path: str | None, fault: str, deploy_script: str | None, record_
     if steps is not None:  # one sandbox plays it across the app's rounds (shared_sandbox)
         options.sandbox_options = SandboxOptions(fault=fault, ws_path=resolved.protocol.ws_path, deploy=steps)
     label = f"demo-{fault}" if steps is None else "demo-deploy"
-    _open_app(config, resolved, options, _record_path(record_path, no_record, label, config))
+    if watch == WATCH_DEFAULT:
+        watch = config.watch.interval_s
+    elif watch is None and steps is not None:
+        watch = DEMO_WATCH_S
+    _open_app(config, resolved, options, _record_path(record_path, no_record, label, config), watch=watch)
 
 
 @main.command()

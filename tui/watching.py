@@ -13,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from collections.abc import Sequence
 
 from probes.bus import EventBus
 from probes.clock import Clock
 from probes.config import Config, ResolvedTarget
+from probes.pytest_run import run_pytest
 from probes.runner import RunOptions, run_queue, shared_sandbox
 
 PRESETS = (5.0, 10.0, 30.0, 60.0)  # the interval choices offered in the palette
@@ -108,7 +110,7 @@ class WatchControl:
 
 
 async def run_rounds(config: Config, target: ResolvedTarget, bus: EventBus, clock: Clock,
-                     control: WatchControl) -> None:
+                     control: WatchControl, pytest_args: Sequence[str] | None = None) -> None:
     """Rounds of the queue until `control.stopping` (after a round) or cancelled (the run under way ends as
     interrupted and the shared sandbox stops)."""
     control.bind()
@@ -117,7 +119,10 @@ async def run_rounds(config: Config, target: ResolvedTarget, bus: EventBus, cloc
             control.rounds += 1
             # the app may have changed the options (fail-fast) between rounds; the sandbox stays the same
             options = dataclasses.replace(control.options, sandbox=shared.sandbox)
-            await run_queue(config, target, bus, options, clock)
+            if pytest_args is not None:  # each round runs the team's suite
+                await run_pytest(config, target, bus, options, clock, pytest_args)
+            else:
+                await run_queue(config, target, bus, options, clock)
             if control.stopping:
                 break
             await control.wait()
