@@ -93,7 +93,8 @@ def close_sentence(code: int, reason: str, by: str, after_ms: float) -> str:
 def close_meaning(code: int, by: str) -> str:
     """What the close means, from the side that closed: our own cleanup close is not the server's doing."""
     if by == "client" and code == 1000:
-        return "stagewatch closed the connection itself once the probe was done with it: not a server close"
-    if by == "client":
-        return f"stagewatch closed it: {describe(code).meaning}"
+        return "the client (stagewatch, or the test) closed the connection itself once done with it: not a server close"
+    if by == "client":  # the meanings are written from the server's side; the client chose this code itself
+        return (f"the client (stagewatch, or the test's own code) closed it with {code} {describe(code).name}: "
+                "its own doing, not the server's — e.g. an exception or timeout leaving the client's `with` block")
     return describe(code).meaning

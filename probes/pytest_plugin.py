@@ -29,7 +29,7 @@ import pytest
 
 from .pytest_items import OPTIONS_ENV, SOCKET_ENV, priority_of, probe_id
 from .pytest_tap import Limits, RunningTests, install
-from .redact import Redactor
+from .redact import Redactor, scrub_jwt_fragments
 
 
 class Channel:
@@ -170,8 +170,8 @@ class SuitePlugin:
             where = _test_line(report) or f"{Path(str(crash.path)).name}:{crash.lineno}"
             crash_line = f"{str(crash.message).splitlines()[0] if crash.message else ''} ({where})"
         self.send({"type": "report", "nodeid": report.nodeid, "when": report.when, "outcome": outcome,
-                   "duration_ms": round(report.duration * 1000.0, 3), "reason": self.redactor.text(reason)[:500],
-                   "crash": self.redactor.text(crash_line)[:500],
+                   "duration_ms": round(report.duration * 1000.0, 3), "reason": self._clean(reason)[:500],
+                   "crash": self._clean(crash_line)[:500],
                    "longrepr": self._text(report.longreprtext) if report.failed else ""})
 
     def pytest_runtest_logfinish(self, nodeid: str, location: tuple[str, int | None, str]) -> None:
@@ -181,9 +181,15 @@ class SuitePlugin:
         self.send({"type": "finish", "nodeid": nodeid, "frames_in": counts.frames_in,
                    "frames_out": counts.frames_out, "dropped": counts.dropped})
 
+    def _clean(self, text: str) -> str:
+        """A test's own text redacted: known secrets, and what a token it minted itself leaves in a traceback —
+        pytest shortens long values in the middle ('eyJhbGciOi…nMi...MH0.<signature>'), which no longer reads
+        as a JWT, so every fragment starting like one is hidden whole."""
+        return scrub_jwt_fragments(self.redactor.text(text))
+
     def _text(self, text: str) -> str:
         """Failure text redacted and bounded: its end (where the error is) is what is kept."""
-        text = self.redactor.text(text)
+        text = self._clean(text)
         limit = self.longrepr_chars
         if len(text) <= limit:
             return text

@@ -446,3 +446,14 @@ class Redactor:
                 shown = self.text(value)
             out[name] = f"{out[name]}, {shown}" if name in out else shown
         return out
+
+
+_JWT_FRAGMENT_RE = re.compile(r"eyJ[A-Za-z0-9_\-.…]{8,}")
+
+
+def scrub_jwt_fragments(text: str) -> str:
+    """Every run that starts like a JWT (`eyJ` + base64url, dots, ellipses) shown as its first 10 characters and
+    `…(hidden)`: for text that may hold a token nobody told us about, cut or reshaped (a traceback's repr)."""
+    if "eyJ" not in text:
+        return text
+    return _JWT_FRAGMENT_RE.sub(lambda m: m.group(0)[:10] + HIDDEN, text)

@@ -407,3 +407,23 @@ async def test_the_app_shows_a_pytest_run_and_reruns_the_focused_test_alone():
         await wait_for_run(app, pilot, runs=2, timeout=60)
         assert app.state.probes[failed].runs == 2
         assert app.state.probes[next(p for p in app.state.probes if p.startswith("test_health"))].runs == 1
+
+
+def test_a_token_the_suite_minted_itself_never_leaves_whole_in_its_failure_text(tmp_path):
+    """pytest shortens long reprs in the middle: 'eyJhbGciOi…nMi...MH0.<signature>' must not keep the signature."""
+    import jwt as pyjwt
+
+    suite = tmp_path / "own"
+    suite.mkdir()
+    token = pyjwt.encode({"sub": "someone", "aud": "x" * 40}, "k" * 40, algorithm="HS256")
+    signature = token.rsplit(".", 1)[1]
+    (suite / "test_leak.py").write_text(
+        f"def test_refused():\n    token = {token!r}\n    assert token == 'something else'\n"
+        f"def test_body_alone():\n    assert {token.split('.')[1]!r} == ''\n")
+    report = tmp_path / "r.json"
+    proc = _stagewatch("run", "--no-record", "--json", str(report), "--pytest", "--", *QUIET, str(suite),
+                       cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    for text in (proc.stdout, proc.stderr, report.read_text()):
+        assert signature not in text and signature[-12:] not in text
+        assert token.split(".")[1][10:30] not in text

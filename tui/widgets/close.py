@@ -67,7 +67,7 @@ class ClosePanel(_Pane):
         self._state("-ok" if clean else "-bad")
         color = status_color(self.app, "pass" if clean else "fail")
         head = Text(sentence(c), style=f"bold {color}")
-        who = {"server": "the server closed first", "client": "stagewatch (the client) closed first",
+        who = {"server": "the server closed first", "client": "the client (stagewatch, or the test) closed first",
                "none": "nobody sent a close frame: the TCP connection dropped"}.get(c.by, c.by)
         facts = Text()
         facts.append("code ", style="dim")
