@@ -141,6 +141,25 @@ def target_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
+def report_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """What a headless run writes and says: reports, the recording, how much it prints."""
+    for option in reversed([
+        click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Write the JSON report."),
+        click.option("--junit", "junit_path", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Write JUnit XML."),
+        click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Write a Markdown report to paste into an issue."),
+        click.option("--record", "record_path", metavar="PATH",
+                     help="Record the session here (default: user data dir)."),
+        click.option("--no-record", is_flag=True, help="Do not record the session."),
+        click.option("--verbose", "-v", is_flag=True, help="Also print skipped stages and diagnosis evidence."),
+        click.option("--quiet", "-q", is_flag=True, help="Print nothing; rely on the exit code and reports."),
+    ]):
+        func = option(func)
+    return func
+
+
 def _prepare(config_path: str | None, target: str | None, url: str | None, fault: str, expect_version: str | None,
              fail_fast: bool, only: tuple[str, ...], max_priority: int | None, insecure: bool,
              allow_production: bool) -> tuple[Config, ResolvedTarget, RunOptions]:
@@ -243,14 +262,7 @@ _PYTEST_HELP = ("Run your own pytest suite as the queue: the arguments after the
 @main.command(context_settings=_PYTEST_ARGS)
 @target_options
 @click.option("--pytest", "use_pytest", is_flag=True, help=_PYTEST_HELP)
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the JSON report.")
-@click.option("--junit", "junit_path", type=click.Path(dir_okay=False, path_type=Path), help="Write JUnit XML.")
-@click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write a Markdown report to paste into an issue.")
-@click.option("--record", "record_path", metavar="PATH", help="Record the session here (default: user data dir).")
-@click.option("--no-record", is_flag=True, help="Do not record the session.")
-@click.option("--verbose", "-v", is_flag=True, help="Also print skipped stages and diagnosis evidence.")
-@click.option("--quiet", "-q", is_flag=True, help="Print nothing; rely on the exit code and reports.")
+@report_options
 @click.option("--watch", "watch_every", type=DURATION, metavar="INTERVAL",
               help="Run the queue in rounds every INTERVAL (10s, 2m; a bare number is seconds) while a deploy "
                    "rolls: a line per round and per change. Until Ctrl-C, --count, --for or --until-*.")
@@ -320,14 +332,7 @@ def _pytest_usable(only: tuple[str, ...], expect_version: str | None) -> None:
 
 @main.command(context_settings=_PYTEST_ARGS)
 @target_options
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the JSON report.")
-@click.option("--junit", "junit_path", type=click.Path(dir_okay=False, path_type=Path), help="Write JUnit XML.")
-@click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write a Markdown report.")
-@click.option("--record", "record_path", metavar="PATH", help="Record the session here (default: user data dir).")
-@click.option("--no-record", is_flag=True, help="Do not record the session.")
-@click.option("--verbose", "-v", is_flag=True, help="Also print skipped stages and diagnosis evidence.")
-@click.option("--quiet", "-q", is_flag=True, help="Print nothing; rely on the exit code and reports.")
+@report_options
 @click.argument("pytest_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- PYTEST ARGS…]")
 def pytest(config_path: str | None, target: str | None, url: str | None, fault: str, expect_version: str | None,
            fail_fast: bool, only: tuple[str, ...], max_priority: int | None, insecure: bool, allow_production: bool,
