@@ -204,21 +204,33 @@ class Step(_Model):
 
 
 class ProbeDef(_Model):
+    """A queue entry: a probe (its `steps`), or `kind: pytest`, your own suite run with its `args` — its tests join
+    the queue, each at its own priority (the `pytest:` section maps markers and names to priorities)."""
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    kind: Literal["probe", "pytest"] = "probe"
     name: str = ""
     priority: int = Field(1, ge=0, le=9)
     description: str = ""
-    steps: list[Step]
+    args: list[str] = Field(default_factory=list)  # kind pytest: pytest's arguments (paths, -k, -n 2 …)
+    steps: list[Step] = Field(default_factory=list)
 
     @field_validator("steps")
     @classmethod
     def _names_unique(cls, steps: list[Step]) -> list[Step]:
-        if not steps:
-            raise ValueError("a probe needs at least one step")
         index = _first_repeat([s.name for s in steps])
         if index is not None:
             raise LocatedError(f"stage name {steps[index].name!r} is used twice in this probe", (index, "name"))
         return steps
+
+    @model_validator(mode="after")
+    def _kind_fits(self) -> ProbeDef:
+        if self.kind == "probe" and not self.steps:
+            raise LocatedError("a probe needs at least one step (or `kind: pytest` with `args`)", ("steps",))
+        if self.kind == "pytest" and self.steps:
+            raise LocatedError("an entry of kind pytest runs its suite (`args`), it has no steps", ("steps",))
+        if self.kind == "probe" and self.args:
+            raise LocatedError("`args` are for an entry of kind pytest", ("args",))
+        return self
 
 
 class Target(_Model):

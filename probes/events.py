@@ -36,6 +36,14 @@ class RunStarted(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class Queued(Event):
+    """More entries joined the running queue: the tests of a pytest suite the queue runs, once collected."""
+
+    probes: tuple[tuple[str, str, int], ...]  # (id, name, priority) in their run order
+    kind: ClassVar[str] = "queued"
+
+
+@dataclass(frozen=True, slots=True)
 class ProbeStarted(Event):
     probe_id: str
     name: str
@@ -162,7 +170,7 @@ AnyEvent = Event | Frame
 
 EVENT_TYPES: dict[str, type[Any]] = {
     "frame": Frame,
-    **{cls.kind: cls for cls in (RunStarted, ProbeStarted, StageStarted, StageFinished, HttpExchange, WsOpened,
+    **{cls.kind: cls for cls in (RunStarted, Queued, ProbeStarted, StageStarted, StageFinished, HttpExchange, WsOpened,
                                  Closed, Diagnosed, ProbeFinished, RunFinished, Notice)},
 }
 

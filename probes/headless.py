@@ -19,7 +19,7 @@ import orjson
 from .bus import EventBus
 from .closecodes import close_sentence
 from .config import Config, ResolvedTarget
-from .events import (Closed, Diagnosed, Event, Notice, ProbeFinished, ProbeStarted, RunFinished, RunStarted,
+from .events import (Closed, Diagnosed, Event, Notice, ProbeFinished, ProbeStarted, Queued, RunFinished, RunStarted,
                      StageFinished)
 from .recording import Recorder
 from .redact import Redactor
@@ -64,6 +64,7 @@ class Printer:
         self.model.history.configure(confirm=confirm)
         self.skipped: dict[str, int] = {}  # skipped stages not shown, per probe (without --verbose)
         self.headed: tuple[str, int] | None = None  # a pytest run: the test (and its run) written about last
+        self.tests: set[str] = set()  # a queue shared with a pytest suite: its tests (Queued), shown as tests
         self._legend = False
 
     def _c(self, text: str, code: str) -> str:
@@ -86,9 +87,16 @@ class Printer:
     def _stage_lines(self, e: Event) -> None:
         probe = self.model.probes.get(getattr(e, "probe_id", ""))
         pad = f"   {'':<14}"
-        if self.items == "tests" and not isinstance(e, (RunStarted, Notice, RunFinished)):
+        if isinstance(e, Queued):
+            self.tests.update(i for i, _, _ in e.probes)
+            self._w(f"   + {len(e.probes)} test(s) of the pytest suite queued, each at its own priority")
+            return
+        if probe is not None and (self.items == "tests" or probe.id in self.tests) and not isinstance(
+                e, (RunStarted, Notice, RunFinished)):
             self._test_lines(e, probe)
             return
+        if isinstance(e, StageFinished):
+            self.headed = None  # a probe's line came between: a test's next line repeats its header
         if isinstance(e, RunStarted):
             if self.rounds and self.model.history.total_rounds > 1:
                 return
@@ -203,22 +211,23 @@ class Printer:
         return one_line(str(probe.diagnoses[0].get("summary", "")))
 
     def _verdict(self, e: RunFinished) -> str:
+        items = "probes and tests" if self.tests and self.items == "probes" else self.items
         this_run = [p for p in self.model.ordered() if p.runs and p.finished]
         passed = sum(p.status == "pass" for p in this_run)
         unreachable = sum(p.status == "skip" and any(d.get("code") == UNREACHABLE for d in p.diagnoses)
                           for p in this_run)
         not_run = sum(p.status == "skip" for p in this_run) - unreachable
-        failures = [f"{p.id if self.items == 'probes' else p.name.rsplit('::', 1)[-1]} at {p.failed_stage}"
-                    for p in this_run if p.status in ("fail", "error")]
+        failures = [f"{p.name.rsplit('::', 1)[-1] if self.items == 'tests' or p.id in self.tests else p.id} at "
+                    f"{p.failed_stage}" for p in this_run if p.status in ("fail", "error")]
         if e.verdict == "pass":
-            return self._c("PASS", "32;1") + f" — {passed}/{len(this_run)} {self.items} passed" + (
+            return self._c("PASS", "32;1") + f" — {passed}/{len(this_run)} {items} passed" + (
                 f", {len(this_run) - passed} skipped" if passed < len(this_run) else "")
         if e.verdict == "interrupted":
-            return self._c("INTERRUPTED", "33;1") + f" — {len(this_run)} {self.items} finished"
+            return self._c("INTERRUPTED", "33;1") + f" — {len(this_run)} {items} finished"
         why = "not run (--fail-fast)" if self.items == "probes" else "skipped or not run"
         skipped = (f", {not_run} {why}" if not_run else "") + (
             f", {unreachable} not attempted (target unreachable)" if unreachable else "")
-        return (self._c("FAIL", "31;1") + f" — {len(failures)} of {len(this_run)} {self.items} failed"
+        return (self._c("FAIL", "31;1") + f" — {len(failures)} of {len(this_run)} {items} failed"
                 f" ({'; '.join(failures)}){skipped}")
 
 

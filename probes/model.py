@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .events import (Closed, Diagnosed, Event, Frame, HttpExchange, Notice, ProbeFinished, ProbeStarted,
-                     RunFinished, RunStarted, StageFinished, StageStarted, WsOpened)
+                     Queued, RunFinished, RunStarted, StageFinished, StageStarted, WsOpened)
 from .evidence import StepEvidence
 from .steps.auth import AuthEvidence
 from .steps.http import HttpEvidence
@@ -246,6 +246,9 @@ class RunModel:
         elif isinstance(event, RunStarted):
             self._run_started(event)
             changed.update(("header", "queue", *self.probes))
+        elif isinstance(event, Queued):
+            self._queue(event.probes)
+            changed.update(("header", "queue", *(i for i, _, _ in event.probes)))
         elif isinstance(event, RunFinished):
             self.running = False
             self.finished = event
@@ -277,7 +280,10 @@ class RunModel:
         self.running = True
         self.finished = None
         self.first_failure = None
-        for probe_id, name, priority in event.probes:
+        self._queue(event.probes)
+
+    def _queue(self, entries: tuple[tuple[str, str, int], ...]) -> None:
+        for probe_id, name, priority in entries:
             probe = self.probes.get(probe_id)
             if probe is None:
                 probe = self.probes[probe_id] = ProbeModel(probe_id, name, priority)

@@ -31,7 +31,7 @@ from .closecodes import describe
 from .config import ResolvedTarget
 from .diagnosis import diagnose
 from .events import (Closed, Diagnosed, Direction, Event, Frame, HttpExchange, Notice, ProbeFinished, ProbeStarted,
-                     RunStarted, StageFinished, StageStarted, Status, WsOpened)
+                     Queued, RunStarted, StageFinished, StageStarted, Status, WsOpened)
 from .evidence import StepEvidence
 from .frames import frame_type, parse_json
 from .messages import error_text
@@ -79,13 +79,16 @@ class SuiteFold:
     the first collection arrives (every test then shows queued), and holds what came before it until then."""
 
     def __init__(self, bus: EventBus, clock: Clock, target: ResolvedTarget, base_url: str, redactor: Redactor, *,
-                 default_priority: int = 2) -> None:
+                 default_priority: int = 2, embedded: bool = False) -> None:
         self.bus, self.clock, self.target, self.base_url, self.redactor = bus, clock, target, base_url, redactor
         self.protocol = target.protocol
         self.default_priority = default_priority
         self.started = False
         self.held: list[dict[str, Any]] = []
+        self.embedded = embedded  # one entry of a queue shared with probes: its tests join the run (Queued)
         self.collected: dict[str, tuple[str, int]] = {}  # nodeid -> (probe id, priority), in run order
+        self.waiting: dict[str, tuple[str, int]] = {}  # tests of later priority bands (embedded), in run order
+        self.announced: set[str] = set()  # node ids the queue already shows
         self.tests: dict[str, _Test] = {}
         self.collect_errors: set[str] = set()
         self.results: list[ProbeFinished] = []
@@ -113,16 +116,32 @@ class SuiteFold:
             pass
 
     def begin(self) -> None:
-        """RunStarted with the tests collected so far; then what was held back."""
+        """RunStarted with the tests collected so far (embedded: Queued, for them and the later bands' tests); then
+        what was held back."""
         if self.started:
             return
         self.started = True
-        self.bus.publish(RunStarted(self.clock(), self.target.name, self.base_url,
-                                    tuple((pid, nodeid, p) for nodeid, (pid, p) in self.collected.items()),
-                                    self.clock.wall))
+        if self.embedded:
+            self._announce()
+        else:
+            self.announced.update(self.collected)
+            self.bus.publish(RunStarted(self.clock(), self.target.name, self.base_url,
+                                        tuple((pid, nodeid, p) for nodeid, (pid, p) in self.collected.items()),
+                                        self.clock.wall))
         held, self.held = self.held, []
         for msg in held:
             self.handle(msg)
+
+    def _announce(self) -> None:
+        new = [(nodeid, pid, p) for nodeid, (pid, p) in (*self.collected.items(), *self.waiting.items())
+               if nodeid not in self.announced and nodeid not in self.tests]
+        if new:
+            self.announced.update(nodeid for nodeid, _, _ in new)
+            self.bus.publish(Queued(self.clock(), tuple((pid, nodeid, p) for nodeid, pid, p in new)))
+
+    def band_started(self) -> None:
+        """Another pytest run of this suite (the next priority band) starts: its messages are not held."""
+        self.exitstatus = None
 
     def _emit(self, test: _Test, event: Event | Frame) -> None:
         test.model.apply(event)
@@ -138,6 +157,13 @@ class SuiteFold:
             nodeid = str(item["nodeid"])
             if nodeid not in self.collected:  # every xdist worker collects the same suite
                 self.collected[nodeid] = (probe_id(nodeid), int(item.get("priority", self.default_priority)))
+            self.waiting.pop(nodeid, None)
+        for item in msg.get("later") or []:
+            nodeid = str(item["nodeid"])
+            if nodeid not in self.collected and nodeid not in self.tests:
+                self.waiting[nodeid] = (probe_id(nodeid), int(item.get("priority", self.default_priority)))
+        if self.started and self.embedded:
+            self._announce()
         self.begin()
 
     def _collect_error(self, msg: dict[str, Any]) -> None:
@@ -417,17 +443,27 @@ class SuiteFold:
                     self._emit(test, StageFinished(self.clock(), test.pid, stage.name, "error", round(took, 1),
                                                    "interrupted" if interrupted else "pytest ended during this stage"))
             self._end_test(test, "error", None, diagnosed=not interrupted)  # an interrupt explains itself
-        for nodeid, (pid, priority) in self.collected.items():
+        self._not_run(self.collected, why_not_run)
+        if self.dropped:
+            self.bus.publish(Notice(self.clock(), "info", f"{self.dropped} frames counted but not shown (over the "
+                                    "config's pytest.max_frames per test)"))
+            self.dropped = 0
+
+    def end_waiting(self, why_not_run: str) -> None:
+        """The queue ends before the later bands ran (fail-fast, an interrupt, the target unreachable): their tests
+        are reported as not run."""
+        self._not_run(self.waiting, why_not_run)
+        self.waiting.clear()
+
+    def _not_run(self, tests: dict[str, tuple[str, int]], why: str) -> None:
+        for nodeid, (pid, priority) in list(tests.items()):
             if nodeid in self.tests:
                 continue
             test = self._new(nodeid, priority, ("call",))
             self._emit(test, StageStarted(self.clock(), pid, "call", STEP))
-            self._emit(test, StageFinished(self.clock(), pid, "call", "skip", 0.0, why_not_run,
+            self._emit(test, StageFinished(self.clock(), pid, "call", "skip", 0.0, why,
                                            PytestEvidence(nodeid=nodeid, when="call", outcome="not run")))
             self._end_test(test, "skip", None)
-        if self.dropped:
-            self.bus.publish(Notice(self.clock(), "info", f"{self.dropped} frames counted but not shown (over the "
-                                    "config's pytest.max_frames per test)"))
 
     def notice(self, level: str, message: str) -> None:
         self.bus.publish(Notice(self.clock(), level, self.redactor.text(message)))  # type: ignore[arg-type]

@@ -72,6 +72,9 @@ class SuitePlugin:
         given = options.get("max_priority")
         self.max_priority = None if given is None else int(given)
         self.only = {str(i) for i in options.get("only") or []}  # probe ids (a rerun of one test, from the app)
+        band = options.get("band")  # [lo, hi or None]: this run's share of a queue shared with probes
+        self.band: tuple[int, int | None] | None = None if not band else (
+            int(band[0]), None if band[1] is None else int(band[1]))
         self.longrepr_chars = int(options.get("longrepr_chars", 4000))
         self.limits = Limits(max_frames=int(options.get("max_frames", 500)),
                              frame_bytes=int(options.get("frame_bytes", 8192)))
@@ -94,21 +97,29 @@ class SuitePlugin:
     def pytest_collection_modifyitems(self, session: pytest.Session, config: pytest.Config,
                                       items: list[pytest.Item]) -> None:
         """After every other plugin (-k, -m): order what is left by priority, deselect beyond max_priority and,
-        given `only`, every test whose probe id is not in it."""
+        given `only`, every test whose probe id is not in it. In a queue shared with probes, one run takes one
+        `band` of priorities; the tests of later bands are reported (`later`) so the queue shows them waiting."""
         ranked = [(self._priority(item), index, item) for index, item in enumerate(items)]
         ranked.sort(key=lambda r: (r[0], r[1]))
         wanted = [(self.max_priority is None or r[0] <= self.max_priority)
                   and (not self.only or probe_id(r[2].nodeid) in self.only) for r in ranked]
-        kept = [r for r, keep in zip(ranked, wanted) if keep]
-        dropped = [r[2] for r, keep in zip(ranked, wanted) if not keep]
+        lo, hi = self.band or (0, None)
+        kept = [r for r, keep in zip(ranked, wanted) if keep and lo <= r[0] and (hi is None or r[0] <= hi)]
+        later = [r for r, keep in zip(ranked, wanted) if keep and hi is not None and r[0] > hi]
+        chosen = {id(r[2]) for r in kept}
+        dropped = [r[2] for r in ranked if id(r[2]) not in chosen]
         if dropped:
             config.hook.pytest_deselected(items=dropped)
         items[:] = [r[2] for r in kept]
         if not self.relay:
             self.send({"type": "collected", "deselected": len(dropped),
-                       "items": [{"nodeid": item.nodeid, "name": item.name, "priority": p,
-                                  "markers": sorted({m.name for m in item.iter_markers()})}
-                                 for p, _, item in kept]})
+                       "items": [self._item(p, item) for p, _, item in kept],
+                       "later": [self._item(p, item) for p, _, item in later]})
+
+    @staticmethod
+    def _item(priority: int, item: pytest.Item) -> dict[str, Any]:
+        return {"nodeid": item.nodeid, "name": item.name, "priority": priority,
+                "markers": sorted({m.name for m in item.iter_markers()})}
 
     def _priority(self, item: pytest.Item) -> int:
         names = [item.name, getattr(item, "originalname", item.name), Path(str(item.path)).name, item.nodeid]

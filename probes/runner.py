@@ -11,78 +11,59 @@ import asyncio
 import dataclasses
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import httpx
 
 from .bus import EventBus
 from .clock import Clock
-from .config import CREDENTIAL_HEADERS, Config, ProbeDef, ResolvedTarget
+from .config import Config, ProbeDef, ResolvedTarget
 from .context import RunContext
 from .diagnosis import diagnose
 from .events import (Diagnosed, ProbeFinished, ProbeStarted, RunFinished, RunStarted, StageFinished,
                      StageStarted)
 from .net import is_loopback
+from .options import RunOptions, RunResult, run_redactor, sandbox_options, shared_sandbox
 from .probe import ProbeRun
-from .redact import Redactor
+from .pytest_run import Suite
+from .sandbox import Sandbox
 from .watch import UNREACHABLE
-from .sandbox import Sandbox, SandboxOptions
 
+__all__ = ["Clock", "RunOptions", "RunResult", "run_queue", "sandbox_options", "select_probes", "shared_sandbox"]
 
-@dataclass
-class RunOptions:
-    fail_fast: bool = False
-    only: tuple[str, ...] = ()
-    max_priority: int | None = None
-    expected_version: str | None = None
-    fault: str = "none"  # for the embedded sandbox
-    sandbox_options: SandboxOptions | None = None
-    env: Mapping[str, str] | None = None
-    sandbox: Sandbox | None = None  # a running sandbox for a sandbox target: used, never started or stopped here
-
-
-@dataclass
-class RunResult:
-    verdict: str
-    probes: list[ProbeFinished] = field(default_factory=list)
-    base_url: str = ""
-
-
-def sandbox_options(target: ResolvedTarget, options: RunOptions) -> SandboxOptions:
-    """The embedded sandbox's options: as given, or the run's fault on the target's WebSocket path."""
-    return options.sandbox_options or SandboxOptions(fault=options.fault, ws_path=target.protocol.ws_path)
-
-
-@asynccontextmanager
-async def shared_sandbox(target: ResolvedTarget, options: RunOptions) -> AsyncIterator[RunOptions]:
-    """For many rounds (a watch) against a sandbox target: ONE sandbox for all of them (a deploy it plays goes on
-    across rounds). Yields `options` with `.sandbox` set, and stops that sandbox at exit; for any other target,
-    or when `options.sandbox` is already set, yields `options` unchanged."""
-    if not target.is_sandbox or options.sandbox is not None:
-        yield options
-        return
-    sandbox = await Sandbox(sandbox_options(target, options)).start()
-    try:
-        yield dataclasses.replace(options, sandbox=sandbox)
-    finally:
-        await sandbox.stop()
+Band = tuple[int, int | None]  # a pytest entry's share of the queue: its tests of priority lo..hi (None: no end)
 
 
 def select_probes(config: Config, options: RunOptions) -> list[ProbeDef]:
-    """The queue: filtered by --only / --max-priority, stable-sorted by priority."""
+    """The queue: filtered by --only / --max-priority, stable-sorted by priority. An entry of kind pytest stays
+    while `only` names something that is not a probe (one of its tests, known once collected)."""
     probes = list(config.probes)
     if options.only:
-        known = {p.id for p in probes}
+        known = {p.id for p in probes if p.kind == "probe"}
         unknown = [i for i in options.only if i not in known]
-        if unknown:
+        suites = [p for p in probes if p.kind == "pytest"]
+        if unknown and not suites:
             raise ValueError(f"--only: no probe named {unknown[0]!r} (probes: {', '.join(sorted(known))})")
-        probes = [p for p in probes if p.id in options.only]
+        probes = [p for p in probes if p.id in options.only or (p.kind == "pytest" and unknown)]
     if options.max_priority is not None:
-        probes = [p for p in probes if p.priority <= options.max_priority]
+        probes = [p for p in probes if p.kind == "pytest" or p.priority <= options.max_priority]
     return sorted(probes, key=lambda p: p.priority)
+
+
+def plan(probes: list[ProbeDef]) -> list[tuple[ProbeDef, Band | None]]:
+    """The order of the queue with its pytest entries cut into priority bands around the probes' priorities, so
+    tests and probes go P0 first together: for probes at P0 and P2, a suite runs its tests of P0..P1 after the P0
+    probes (its tests with a probe's priority run after that probe) and its P2 and later after the P2 probes."""
+    levels = sorted({p.priority for p in probes if p.kind == "probe"})
+    suites = [p for p in probes if p.kind == "pytest"]
+    steps: list[tuple[ProbeDef, Band | None]] = []
+    lo = 0
+    for level in levels:
+        steps += [(s, (lo, level - 1)) for s in suites]
+        steps += [(p, None) for p in probes if p.kind == "probe" and p.priority == level]
+        lo = level
+    steps += [(s, (lo, None)) for s in suites]
+    return steps
 
 
 def target_hosts(target: ResolvedTarget, base_url: str) -> frozenset[str]:
@@ -111,17 +92,10 @@ async def run_queue(config: Config, target: ResolvedTarget, bus: EventBus, optio
         base_url, secret = sandbox.base_url, sandbox.secret
         expected = expected or sandbox.release_build  # none while it plays a deploy: builds change by design
     env = os.environ if options.env is None else options.env
-    redactor = Redactor([secret] if secret else [])
-    redactor.add(env.get(target.auth.secret_env))
-    redactor.add(env.get(target.auth.token_env))
-    for name, value in target.protocol.headers.items():  # credentials the config sends as headers (${VAR}s)
-        if name.lower() in CREDENTIAL_HEADERS:
-            redactor.add(value)
-            redactor.add(value.partition(" ")[2])  # "Bearer <credential>": the credential alone, too
+    redactor = run_redactor(target, env, secret)
     started = time.monotonic()
-    queue: asyncio.PriorityQueue[tuple[int, int, ProbeDef]] = asyncio.PriorityQueue()
-    for index, probe in enumerate(probes):
-        queue.put_nowait((probe.priority, index, probe))
+    steps = plan(probes)
+    suites: dict[str, Suite] = {}
     results: list[ProbeFinished] = []
     verdict = "pass"
     verify: bool = target.verify_tls
@@ -135,17 +109,37 @@ async def run_queue(config: Config, target: ResolvedTarget, bus: EventBus, optio
                              expected_version=expected, sandbox_secret=secret, http=http,
                              allowed_hosts=target_hosts(target, base_url), degraded_ms=config.watch.degraded_ms)
             bus.publish(RunStarted(clock(), target.name, base_url,
-                                   tuple((p.id, p.name or p.id, p.priority) for p in probes), clock.wall))
+                                   tuple((p.id, p.name or p.id, p.priority) for p in probes if p.kind == "probe"),
+                                   clock.wall))
             stop = False
             unreachable: str | None = None  # why nothing answered: later probes are not attempted
-            while not queue.empty():
-                _, _, probe = queue.get_nowait()
-                if stop:
-                    results.append(_skip(bus, clock, probe, "not run: --fail-fast"))
+            known = {p.id for p in probes if p.kind == "probe"}
+            suite_only = tuple(i for i in options.only if i not in known)  # a rerun of one of a suite's tests
+            while steps:
+                probe, band = steps.pop(0)
+                why = ("not run: --fail-fast" if stop else None if unreachable is None
+                       else f"not attempted: target unreachable ({unreachable})")
+                if band is not None:
+                    suite = suites.get(probe.id)
+                    if suite is None:
+                        suite = suites[probe.id] = Suite(
+                            config, target, bus, clock, dataclasses.replace(options, only=suite_only), probe.args,
+                            base_url, secret, redactor, embedded=True, name=probe.name or probe.id)
+                    if why is None and suite.wants(*band):
+                        before = len(suite.results)
+                        await suite.run(band)
+                        new = suite.results[before:]
+                        results += new
+                        if any(f.status in ("fail", "error") for f in new) or suite.broken:
+                            verdict = "fail"
+                            stop = options.fail_fast
+                    if not any(p.id == probe.id for p, _ in steps):  # its last band: the entry is over
+                        before = len(suite.results)
+                        suite.finish(why or "not run: no band of the queue took it")
+                        results += suite.results[before:]
                     continue
-                if unreachable is not None:
-                    results.append(_skip(bus, clock, probe, f"not attempted: target unreachable ({unreachable})",
-                                         unreachable=True))
+                if why is not None:
+                    results.append(_skip(bus, clock, probe, why, unreachable=unreachable is not None and not stop))
                     continue
                 finished, unreachable = await _run_probe(probe, ctx, expected)
                 results.append(finished)
@@ -153,8 +147,11 @@ async def run_queue(config: Config, target: ResolvedTarget, bus: EventBus, optio
                     verdict = "fail"
                     stop = options.fail_fast
     except asyncio.CancelledError:
-        while not queue.empty():  # the probes the interrupt kept from running are reported as not run
-            results.append(_skip(bus, clock, queue.get_nowait()[2], "not run: the run was interrupted"))
+        for probe, band in steps:  # the probes the interrupt kept from running are reported as not run
+            if band is None:
+                results.append(_skip(bus, clock, probe, "not run: the run was interrupted"))
+        for suite in suites.values():
+            suite.fold.end_waiting("not run: the run was interrupted")
         bus.publish(RunFinished(clock(), "interrupted", round((time.monotonic() - started) * 1000, 1)))
         raise
     finally:

@@ -72,7 +72,7 @@ CASES: dict[str, tuple[Callable[[], str], str]] = {
         f":{line_of('{step: auth, name: auth}')}: probes.1.steps.1.name: stage name 'health' is used twice"),
     "missing required field": (
         lambda: "default_target: s\ntargets: {s: {base_url: sandbox}}\nprobes:\n  - id: a\n",
-        ":4: probes.0.steps: required field is missing"),
+        ":4: probes.0.steps: a probe needs at least one step"),
     "default target unknown": (
         edit("default_target: sandbox", "default_target: prod"),
         f":{line_of('default_target')}: default_target: 'prod' is not one of the targets (sandbox, staging)"),

@@ -427,3 +427,63 @@ def test_a_token_the_suite_minted_itself_never_leaves_whole_in_its_failure_text(
     for text in (proc.stdout, proc.stderr, report.read_text()):
         assert signature not in text and signature[-12:] not in text
         assert token.split(".")[1][10:30] not in text
+
+
+MIXED = f'''
+default_target: sandbox
+targets:
+  sandbox: {{base_url: sandbox}}
+probes:
+  - id: health
+    priority: 0
+    steps: [{{step: http, name: health, path: /health}}]
+  - id: suite
+    kind: pytest
+    args: [{str(EXAMPLE)!r}, -p, no:cacheprovider, -q]
+  - id: late-health
+    priority: 3
+    steps: [{{step: http, name: health, path: /health}}]
+'''
+
+
+async def run_mixed(**options: object) -> Run:
+    from probes.config import parse_config
+    from probes.runner import run_queue
+
+    config = parse_config(MIXED, "mixed.yaml")
+    bus = EventBus()
+    run = Run(PytestResult("running"))
+    bus.subscribe(run.events.append)
+    bus.subscribe(run.model.apply)
+    await run_queue(config, resolve_target(config, "sandbox"), bus, RunOptions(**options))  # type: ignore[arg-type]
+    assert not bus.failures, bus.failures
+    return run
+
+
+async def test_probes_and_a_suite_share_one_queue_p0_first():
+    """A config entry of kind pytest: its tests join the queue at their own priorities, between the probes."""
+    from probes.events import Queued
+
+    run = await run_mixed()
+    queued = [e for e in run.events if isinstance(e, Queued)]
+    assert queued and sum(len(e.probes) for e in queued) == 9  # every test shown waiting, the first band on
+    names = [e.name for e in run.events if isinstance(e, ProbeStarted)]
+    order = [n.rsplit("/", 1)[-1] for n in names]
+    assert order[0] == "health" and order[1] == HEALTH  # the P0 probe, then the P0 test
+    assert order.index("late-health") > order.index(UNKNOWN_FRAME)  # P2 tests before the P3 probe
+    assert order.index(RECONNECT) > order.index("late-health")  # the P3 test after the P3 probe
+    priorities = [run.model.probes[e.probe_id].priority for e in run.events if isinstance(e, ProbeStarted)]
+    assert priorities == sorted(priorities)
+    assert run.model.verdict == "pass" and len(run.model.probes) == 11
+
+
+async def test_a_shared_queue_fails_fast_and_reruns_one_test_alone():
+    run = await run_mixed(fault="closed-before-ready", fail_fast=True)
+    statuses = run.status()
+    assert statuses["health"] == "pass" and statuses[WITH_AUTH] == "fail"
+    assert run.probe(WITH_AUTH).diagnoses[0]["code"] == "closed-before-ready"
+    assert statuses["late-health"] == "skip" and statuses[RECONNECT] == "skip"
+    assert run.probe(RECONNECT).stages["call"].detail == "not run: --fail-fast"  # a later band, never started
+    rerun = await run_mixed(only=(run.probe(SYNC).id,))  # `r` on one test of the shared queue
+    assert [p.name for p in rerun.model.probes.values() if p.finished] == [SYNC]
+    assert rerun.status()[SYNC] == "pass"

@@ -23,7 +23,7 @@ from probes.config import (SANDBOX, Config, ConfigError, ResolvedTarget, find_co
 from probes.handoff import read_handoff
 from probes.headless import EXIT_USAGE, HeadlessRequest, run_headless
 from probes.recording import default_recording_path
-from probes.runner import RunOptions
+from probes.options import RunOptions
 from probes.net import is_loopback
 from probes.safety import looks_like_production
 from probes.sanitize import one_line
@@ -167,9 +167,10 @@ def _prepare(config_path: str | None, target: str | None, url: str | None, fault
     resolved = _target(config, target, url, allow_production=allow_production, insecure=insecure)
     if fault != "none" and not resolved.is_sandbox:
         fail("--fault applies to the embedded sandbox only; for a standalone one use `stagewatch sandbox --fault`")
-    known = {p.id for p in config.probes}
+    known = {p.id for p in config.probes if p.kind == "probe"}
+    suites = [p.id for p in config.probes if p.kind == "pytest"]
     for probe_id in only:
-        if probe_id not in known:
+        if probe_id not in known and not suites:  # with a suite in the queue, it may name one of its tests
             fail(f"--only: no probe named {probe_id!r} (probes: {', '.join(sorted(known))})")
     options = RunOptions(fail_fast=fail_fast, only=only, max_priority=max_priority,
                          expected_version=_expected_version(resolved, expect_version), fault=fault)

@@ -135,6 +135,7 @@ class QueuePane(DataTable[Text]):
             self.rounds = rounds
             self._update_lane(state)
         if state.order != self._order:
+            scrolled = self.scroll_y  # a rebuild (tests of a suite joining mid-run) keeps the view where it was
             self.clear()
             self._order = list(state.order)
             for probe_id in self._order:
@@ -143,6 +144,8 @@ class QueuePane(DataTable[Text]):
             if self._order:
                 row = self._order.index(selected) if selected in self._order else min(keep, len(self._order) - 1)
                 self.move_cursor(row=row, animate=False, scroll=False)
+                if scrolled:
+                    self.call_after_refresh(self.scroll_to, y=scrolled, animate=False)
             return
         for probe_id in self._order:
             if not every_row and probe_id not in changed:  # type: ignore[operator]
