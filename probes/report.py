@@ -70,8 +70,8 @@ def _iso(model: RunModel, t: float | None) -> str | None:
 
 
 def _reported(model: RunModel) -> list[ProbeModel]:
-    """The probes that started (a probe only announced by RunStarted and never run is not reported)."""
-    return [p for p in model.probes.values() if p.runs]
+    """The probes that started, in queue order (a probe only announced and never run is not reported)."""
+    return [p for p in model.ordered() if p.runs]
 
 
 def to_json(model: RunModel) -> dict[str, Any]:

@@ -475,6 +475,9 @@ async def test_probes_and_a_suite_share_one_queue_p0_first():
     priorities = [run.model.probes[e.probe_id].priority for e in run.events if isinstance(e, ProbeStarted)]
     assert priorities == sorted(priorities)
     assert run.model.verdict == "pass" and len(run.model.probes) == 11
+    report = to_json(run.model)["probes"]  # in the order they ran, tests beside probes
+    assert [p["id"] for p in report] == [e.probe_id for e in run.events if isinstance(e, ProbeStarted)]
+    assert {p.get("kind") for p in report} == {None, "pytest"}
 
 
 async def test_a_shared_queue_fails_fast_and_reruns_one_test_alone():
