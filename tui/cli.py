@@ -11,171 +11,19 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
-from urllib.parse import urlsplit
 
 import click
 
-from probes.config import (SANDBOX, Config, ConfigError, ResolvedTarget, find_config_path, load_config,
-                           resolve_target)
-from probes.handoff import read_handoff
-from probes.headless import EXIT_USAGE, HeadlessRequest, run_headless
+from probes.config import SANDBOX, Config, ResolvedTarget
+from probes.headless import HeadlessRequest, run_headless
 from probes.recording import default_recording_path
 from probes.options import RunOptions
 from probes.net import is_loopback
-from probes.safety import looks_like_production
-from probes.sanitize import one_line
-from probes.watch import parse_duration
 from probes.sandbox import FAULTS, DeployStep, parse_deploy
-
-FAULT_CHOICE = click.Choice(list(FAULTS))
-
-
-class _Duration(click.ParamType):
-    """10s, 500ms, 2m, 1h; a bare number is seconds."""
-    name = "duration"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        if isinstance(value, (int, float)):
-            return float(value)
-        try:
-            return parse_duration(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-DURATION = _Duration()
-
-
-def fail(message: str) -> NoReturn:
-    click.echo(f"stagewatch: error: {one_line(message)}", err=True)  # may quote a config or a server
-    sys.exit(EXIT_USAGE)
-
-
-def _config(path: str | None) -> Config:
-    try:
-        return load_config(find_config_path(path))
-    except ConfigError as exc:
-        fail(str(exc))
-
-
-def _target(config: Config, name: str | None, url: str | None, *, allow_production: bool,
-            insecure: bool) -> ResolvedTarget:
-    if name and url:
-        fail("give --target or --url, not both")
-    try:
-        target = resolve_target(config, name, url=url)
-    except ConfigError as exc:
-        fail(str(exc))
-    if insecure:
-        target = target.model_copy(update={"verify_tls": False})
-    if not target.is_sandbox:
-        host = urlsplit(target.base_url).hostname or ""
-        if looks_like_production(host, config.safety.non_production_patterns) and not allow_production:
-            fail(f"target {target.name!r} ({host}) looks like production (no "
-                 f"{'/'.join(config.safety.non_production_patterns[:3])}… in the host); "
-                 "pass --allow-production if you mean it")
-    return target
-
-
-def _expected_version(target: ResolvedTarget, given: str | None) -> str | None:
-    if given:
-        return given
-    parts = urlsplit(target.base_url)
-    if not target.is_sandbox and is_loopback(parts.hostname) and parts.port:
-        handoff = read_handoff(parts.port)  # a standalone sandbox says which build it released
-        if handoff and isinstance(handoff.get("release_build"), str):
-            return handoff["release_build"]
-    return None
-
-
-def _check_credentials(config: Config, target: ResolvedTarget, options: RunOptions) -> None:
-    """A missing secret/token variable is a configuration error (exit 2), not a probe failure to diagnose."""
-    from probes.auth import credentials_problem
-    from probes.runner import select_probes
-
-    if target.is_sandbox:
-        return  # the embedded sandbox brings its own key
-    needs_token = any(s.step == "auth" or (s.step == "connect" and s.token == "default")
-                      for p in select_probes(config, options) for s in p.steps)
-    parts = urlsplit(target.base_url)
-    loopback = parts.port if is_loopback(parts.hostname) else None
-    problem = credentials_problem(target.auth, os.environ, loopback_port=loopback) if needs_token else None
-    if problem:
-        fail(f"target {target.name!r}: {problem}; export it, or set auth.mode in the config")
-
-
-_WHERE = [
-    click.option("--config", "config_path", metavar="PATH", help="Config file (default: $STAGEWATCH_CONFIG, "
-                 "./config.yaml, then the packaged one)."),
-    click.option("--target", "-t", metavar="NAME", help="Target from the config (default: default_target)."),
-    click.option("--url", metavar="BASE_URL", help="Probe any server at this base URL with the default "
-                 "protocol (ws URL derived from it)."),
-]
-_ALLOW_PRODUCTION = click.option("--allow-production", is_flag=True,
-                                 help="Allow a target whose host looks like production.")
-
-
-def where_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Which target: for commands that do not run the queue (repro), so options they cannot honour are refused."""
-    for option in reversed([*_WHERE, _ALLOW_PRODUCTION]):
-        func = option(func)
-    return func
-
-
-def target_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    for option in reversed([
-        *_WHERE,
-        click.option("--fault", type=FAULT_CHOICE, default="none", show_default=True,
-                     help="Fault for the embedded sandbox target."),
-        click.option("--expect-version", metavar="BUILD", help="Fail health when the deployed build differs."),
-        click.option("--fail-fast", is_flag=True, help="Stop the queue at the first failing probe."),
-        click.option("--only", multiple=True, metavar="ID", help="Run only this probe (repeatable)."),
-        click.option("--max-priority", type=click.IntRange(0, 9), metavar="N", help="Run probes P0..PN only."),
-        click.option("--insecure", is_flag=True, help="Do not verify TLS certificates."),
-        _ALLOW_PRODUCTION,
-    ]):
-        func = option(func)
-    return func
-
-
-def report_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """What a headless run writes and says: reports, the recording, how much it prints."""
-    for option in reversed([
-        click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
-                     help="Write the JSON report."),
-        click.option("--junit", "junit_path", type=click.Path(dir_okay=False, path_type=Path),
-                     help="Write JUnit XML."),
-        click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False, path_type=Path),
-                     help="Write a Markdown report to paste into an issue."),
-        click.option("--record", "record_path", metavar="PATH",
-                     help="Record the session here (default: user data dir)."),
-        click.option("--no-record", is_flag=True, help="Do not record the session."),
-        click.option("--verbose", "-v", is_flag=True, help="Also print skipped stages and diagnosis evidence."),
-        click.option("--quiet", "-q", is_flag=True, help="Print nothing; rely on the exit code and reports."),
-    ]):
-        func = option(func)
-    return func
-
-
-def _prepare(config_path: str | None, target: str | None, url: str | None, fault: str, expect_version: str | None,
-             fail_fast: bool, only: tuple[str, ...], max_priority: int | None, insecure: bool,
-             allow_production: bool) -> tuple[Config, ResolvedTarget, RunOptions]:
-    config = _config(config_path)
-    resolved = _target(config, target, url, allow_production=allow_production, insecure=insecure)
-    if fault != "none" and not resolved.is_sandbox:
-        fail("--fault applies to the embedded sandbox only; for a standalone one use `stagewatch sandbox --fault`")
-    known = {p.id for p in config.probes if p.kind == "probe"}
-    suites = [p.id for p in config.probes if p.kind == "pytest"]
-    for probe_id in only:
-        if probe_id not in known and not suites:  # with a suite in the queue, it may name one of its tests
-            fail(f"--only: no probe named {probe_id!r} (probes: {', '.join(sorted(known))})")
-    options = RunOptions(fail_fast=fail_fast, only=only, max_priority=max_priority,
-                         expected_version=_expected_version(resolved, expect_version), fault=fault)
-    return config, resolved, options
-
+from probes.sanitize import one_line
+from tui.cli_common import (DURATION, FAULT_CHOICE, check_credentials, fail, load, pick_target, prepare,
+                            report_options, target_options, where_options)
 
 WATCH_DEFAULT = 0.0  # `--watch` without a value: the config's watch.interval_s
 MIN_WATCH_S = 0.1
@@ -223,7 +71,7 @@ def main(ctx: click.Context, config_path: str | None, target: str | None, url: s
     """
     if ctx.invoked_subcommand is not None:
         return
-    config, resolved, options = _prepare(config_path, target, url, fault, expect_version, fail_fast, only,
+    config, resolved, options = prepare(config_path, target, url, fault, expect_version, fail_fast, only,
                                          max_priority, insecure, allow_production)
     if watch == WATCH_DEFAULT:
         watch = config.watch.interval_s
@@ -305,10 +153,10 @@ def run(config_path: str | None, target: str | None, url: str | None, fault: str
         fail("--watch: the interval must be at least 50ms")
     if use_pytest:
         _pytest_usable(only, expect_version)
-    config, resolved, options = _prepare(config_path, target, url, fault, expect_version, fail_fast, only,
+    config, resolved, options = prepare(config_path, target, url, fault, expect_version, fail_fast, only,
                                          max_priority, insecure, allow_production)
     if not use_pytest:
-        _check_credentials(config, resolved, options)
+        check_credentials(config, resolved, options)
     req = HeadlessRequest(config, resolved, options, json_path, junit_path, markdown_path,
                           _record_path(record_path, no_record, resolved.name, config), verbose, quiet,
                           watch=watch_every, count=count, for_s=for_s, until_pass=until_pass,
@@ -345,7 +193,7 @@ def pytest(config_path: str | None, target: str | None, url: str | None, fault: 
     STAGEWATCH_BASE_URL, STAGEWATCH_WS_URL and JWT_SECRET_KEY. Opens the live monitor (`r` reruns the focused
     test alone); with --json/--junit/--markdown or -q it runs headless, like `stagewatch run --pytest`."""
     _pytest_usable(only, expect_version)
-    config, resolved, options = _prepare(config_path, target, url, fault, expect_version, fail_fast, only,
+    config, resolved, options = prepare(config_path, target, url, fault, expect_version, fail_fast, only,
                                          max_priority, insecure, allow_production)
     record = _record_path(record_path, no_record, resolved.name, config)
     if not (json_path or junit_path or markdown_path or quiet):
@@ -438,25 +286,6 @@ def sandbox(host: str, port: int, fault: str, flood_count: int | None, delay: fl
 
 
 @main.command()
-@where_options
-@click.option("--python", "as_python", is_flag=True, help="Print a Python script instead of a websocat command.")
-def repro(config_path: str | None, target: str | None, url: str | None, allow_production: bool,
-          as_python: bool) -> None:
-    """Print the golden path as a websocat command (or Python script) to reproduce by hand. No token shown.
-
-    It takes only the options it honours: queue options (--only, --fault, …) are refused, not ignored."""
-    from probes.context import ws_url_for
-    from probes.repro import python_script, websocat
-
-    config = _config(config_path)
-    resolved = _target(config, target, url, allow_production=allow_production, insecure=False)
-    if resolved.is_sandbox:
-        fail("the embedded sandbox lives only inside a run; start `stagewatch sandbox` and use --url")
-    ws = ws_url_for(resolved, resolved.base_url)
-    click.echo(python_script(resolved, ws) if as_python else websocat(resolved, ws))
-
-
-@main.command()
 @click.option("--config", "config_path", metavar="PATH", help="Config file.")
 @click.option("--fault", type=FAULT_CHOICE, default="none", show_default=True, help="Failure mode to show.")
 @click.option("--deploy", "deploy_script", metavar="SCRIPT", help=_DEPLOY_HELP)
@@ -472,11 +301,11 @@ def demo(config_path: str | None, fault: str, deploy_script: str | None, record_
     from probes.sandbox import SandboxOptions
 
     steps = _deploy_steps(deploy_script)
-    config = _config(config_path)
+    config = load(config_path)
     if SANDBOX not in [t.base_url for t in config.targets.values()]:
         fail("the config has no sandbox target (base_url: sandbox)")
     name = next(n for n, t in config.targets.items() if t.base_url == SANDBOX)
-    resolved = _target(config, name, None, allow_production=False, insecure=False)
+    resolved = pick_target(config, name, None, allow_production=False, insecure=False)
     options = RunOptions(fault=fault)
     if steps is not None:  # one sandbox plays it across the app's rounds (shared_sandbox)
         options.sandbox_options = SandboxOptions(fault=fault, ws_path=resolved.protocol.ws_path, deploy=steps)
@@ -507,13 +336,23 @@ def replay(recording: Path, config_path: str | None, markdown: bool, as_json: bo
         click.echo(f"stagewatch: warning: {one_line(str(recording))} is a version {rec.version} recording (this "
                    f"stagewatch reads version {RECORDING_VERSION}); showing what it can", err=True)
     if markdown or as_json:
-        config = _config(config_path)
+        config = load(config_path)
         model = RunModel()  # a watch's recording: the same rounds, flips and outages as it had live
         model.history.configure(confirm=config.watch.confirm, keep_rounds=config.watch.keep_rounds)
         model.apply_all(rec.events)
         click.echo(write_markdown(model) if markdown else write_json(model), nl=False)
         return
-    _open_app(_config(config_path), None, RunOptions(), None, replay=recording)
+    _open_app(load(config_path), None, RunOptions(), None, replay=recording)
+
+
+# Commands for reproducing by hand, each in its own module over tui/cli_common.py.
+from tui.cli_console import console  # noqa: E402
+from tui.cli_diff import diff  # noqa: E402
+from tui.cli_matrix import matrix  # noqa: E402
+from tui.cli_repro import repro, token  # noqa: E402
+
+for _command in (console, diff, matrix, repro, token):
+    main.add_command(_command)
 
 
 def entry() -> None:
