@@ -43,6 +43,13 @@ class ProbeRun:
         self._fold(event)
         self._publish(event)  # type: ignore[arg-type]
 
+    emit = _emit  # for a driver of its own stages (the console)
+
+    async def stage(self, step: Step) -> Status:
+        """One stage of `step`'s kind, announced, limited and published (the console runs them one by one)."""
+        self.current = step.name
+        return await self._stage(step, KINDS[step.step])
+
     def _take_frame(self, frame: Frame) -> None:
         """A received frame: the hot path (no type dispatch)."""
         self.model.frame_in(frame)

@@ -248,7 +248,7 @@ def test_prune_never_raises(tmp_path: Path) -> None:
 def test_a_default_recording_prunes_its_folder_and_a_named_one_does_not(tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch,
                                                                         packaged_config: Config) -> None:
-    from tui.cli import _record_path
+    from tui.cli_common import record_path_for as _record_path
 
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     folder = default_recording_path("sandbox").parent

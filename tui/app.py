@@ -48,12 +48,14 @@ from probes.pytest_run import run_pytest
 from probes.runner import Clock, RunOptions, run_queue
 from probes.watch import Flip
 from tui.commands import StagewatchCommands
+from tui.console_control import ConsoleControl
 from tui.engine import EngineThread
 from tui.help import HelpScreen
 from tui.player import Player, speed_label
 from tui.state import FrameBuffer, SessionState
 from tui.watching import WatchControl, interval_words, run_rounds
 from tui.widgets.close import ClosePanel, DiagnosisPanel, close_summary
+from tui.widgets.console import ConsolePanel
 from tui.widgets.frames import FrameDetail, FrameList, FrameScreen
 from tui.widgets.header import HeaderBar, SessionInfo
 from tui.widgets.history import flips_toast, summary_only
@@ -110,6 +112,8 @@ class StagewatchApp(App[int]):
                 tooltip="Watch: show a later round; past the newest, back to the live one"),
         Binding("t", "panel", "Panel", id="panel",
                 tooltip="Watch: the right-hand pane shows the timeline, per-stage latency or the frame detail"),
+        Binding("x", "console", "Console", id="console", show=False,
+                tooltip="Open/close the console: a session of your own — compose, send, ping, close, reconnect"),
         Binding("question_mark", "help", "Help", id="help", key_display="?", tooltip="All keys"),
         Binding("q", "quit", "Quit", id="quit", tooltip="Leave stagewatch"),
         Binding("escape", "escape", "Back", id="escape", show=False),
@@ -119,8 +123,11 @@ class StagewatchApp(App[int]):
                  record_path: Path | None = None, replay: Replay | None = None, replay_name: str = "", *,
                  events: Iterable[Event] | None = None, now: Callable[[], float] | None = None,
                  autostart: bool = True, speed: float = 1.0, paused: bool = False, watch: float | None = None,
-                 bell: bool = True, on_change: str | None = None, pytest_args: Sequence[str] | None = None) -> None:
+                 bell: bool = True, on_change: str | None = None, pytest_args: Sequence[str] | None = None,
+                 console: bool = False) -> None:
         super().__init__()
+        self.hand = ConsoleControl(self)
+        self.console_requested = console  # `stagewatch console`: the console opens at once, no queue run
         self.pytest_args = None if pytest_args is None else tuple(pytest_args)
         self.config = config
         self.target = target
@@ -242,6 +249,8 @@ class StagewatchApp(App[int]):
         if self.player is not None:
             self.run_worker(self.player.play(), group="replay", exclusive=True, exit_on_error=False,
                             name="replay")
+        elif self.is_live and self.console_requested:
+            self.run_worker(self.hand.open(), group="console", exit_on_error=False, name="console")
         elif self.is_live and self.autostart:
             self.run_worker(self._start_when_settled(), group="start", exit_on_error=False, name="start")
         if self.watch_requested and not self.is_live:
@@ -314,6 +323,24 @@ class StagewatchApp(App[int]):
             return
         if want != self.focus_probe:
             self._focus(want)
+
+    def focus_probe_id(self, probe_id: str) -> None:
+        """Show this probe in the panes (the console's session), as if the person had picked it."""
+        self.user_pinned = True
+        if probe_id in self.state.probes:
+            self._focus(probe_id)
+        else:
+            self.focus_probe = probe_id
+            self._shown_probe = None
+
+    def action_console(self) -> None:
+        if not self.is_live:
+            self.notify("the console needs a live session (not a replay)", severity="warning", timeout=3)
+            return
+        self.run_worker(self.hand.toggle(), group="console", exit_on_error=False, name="console")
+
+    def on_console_panel_do(self, message: ConsolePanel.Do) -> None:
+        self.run_worker(self.hand.handle(message), group="console-do", exit_on_error=False, name="console")
 
     def _focus(self, probe_id: str) -> None:
         self.focus_probe = probe_id
@@ -896,9 +923,10 @@ class StagewatchApp(App[int]):
 
 def run_app(config: Config, target: ResolvedTarget | None, options: RunOptions, record_path: Path | None,
             replay_path: Path | None, *, watch: float | None = None, bell: bool = True,
-            on_change: str | None = None, pytest_args: Sequence[str] | None = None) -> int:
+            on_change: str | None = None, pytest_args: Sequence[str] | None = None, console: bool = False) -> int:
     """Open the app (live against `target`, watching every `watch` seconds when given, or replaying
-    `replay_path`); returns the process exit code."""
+    `replay_path`; with the console open and no queue run for `console`); returns the process exit code. On
+    leaving, says where the session was recorded."""
     replay: Replay | None = None
     if replay_path is not None:
         try:
@@ -915,6 +943,15 @@ def run_app(config: Config, target: ResolvedTarget | None, options: RunOptions, 
         return 2
     app = StagewatchApp(config, target, options, record_path, replay, replay_name=one_line(_home(replay_path or "")),
                         watch=watch if replay is None else None, bell=bell, on_change=on_change,
-                        pytest_args=pytest_args)
+                        pytest_args=pytest_args, console=console)
     app.run()
-    return app.return_code or 0  # 0 after quitting; 1 if the app itself crashed (Textual printed why)
+    if app.recorder is not None and record_path is not None and record_path.exists():
+        sys.stderr.write(one_line(f"stagewatch: recorded to {record_path} — replay it: stagewatch replay "
+                                  f"{_shell_word(str(record_path))} (or stagewatch replay --last)") + "\n")
+    return app.return_code or 0
+
+
+def _shell_word(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)  # 0 after quitting; 1 if the app itself crashed (Textual printed why)

@@ -17,13 +17,12 @@ import click
 
 from probes.config import SANDBOX, Config, ResolvedTarget
 from probes.headless import HeadlessRequest, run_headless
-from probes.recording import default_recording_path
 from probes.options import RunOptions
 from probes.net import is_loopback
 from probes.sandbox import FAULTS, DeployStep, parse_deploy
 from probes.sanitize import one_line
-from tui.cli_common import (DURATION, FAULT_CHOICE, check_credentials, fail, load, pick_target, prepare,
-                            report_options, target_options, where_options)
+from tui.cli_common import (DURATION, record_path_for, FAULT_CHOICE, check_credentials, fail, load, pick_target, prepare,
+                            report_options, target_options)
 
 WATCH_DEFAULT = 0.0  # `--watch` without a value: the config's watch.interval_s
 MIN_WATCH_S = 0.1
@@ -75,22 +74,8 @@ def main(ctx: click.Context, config_path: str | None, target: str | None, url: s
                                          max_priority, insecure, allow_production)
     if watch == WATCH_DEFAULT:
         watch = config.watch.interval_s
-    _open_app(config, resolved, options, _record_path(record_path, no_record, resolved.name, config), watch=watch,
+    _open_app(config, resolved, options, record_path_for(record_path, no_record, resolved.name, config), watch=watch,
               bell=not no_bell, on_change=on_change or None)
-
-
-def _record_path(record_path: str | None, no_record: bool, target: str, config: Config) -> Path | None:
-    """Where to record: the path named with --record, or a new file in the default folder, which is pruned first
-    (config.recording: keep_files, keep_days; a named path and its folder are never pruned)."""
-    if no_record:
-        return None
-    if record_path:
-        return Path(record_path)
-    from probes.retention import prune_recordings
-
-    path = default_recording_path(target)
-    prune_recordings(path.parent, config.recording.keep_files, config.recording.keep_days)
-    return path
 
 
 def _open_app(config: Config, target: ResolvedTarget | None, options: RunOptions, record: Path | None,
@@ -158,7 +143,7 @@ def run(config_path: str | None, target: str | None, url: str | None, fault: str
     if not use_pytest:
         check_credentials(config, resolved, options)
     req = HeadlessRequest(config, resolved, options, json_path, junit_path, markdown_path,
-                          _record_path(record_path, no_record, resolved.name, config), verbose, quiet,
+                          record_path_for(record_path, no_record, resolved.name, config), verbose, quiet,
                           watch=watch_every, count=count, for_s=for_s, until_pass=until_pass,
                           until_version=until_version, jsonl_path=jsonl_path, on_change=on_change,
                           bell=config.watch.bell and not no_bell,
@@ -195,7 +180,7 @@ def pytest(config_path: str | None, target: str | None, url: str | None, fault: 
     _pytest_usable(only, expect_version)
     config, resolved, options = prepare(config_path, target, url, fault, expect_version, fail_fast, only,
                                          max_priority, insecure, allow_production)
-    record = _record_path(record_path, no_record, resolved.name, config)
+    record = record_path_for(record_path, no_record, resolved.name, config)
     if not (json_path or junit_path or markdown_path or quiet):
         from tui.app import run_app
 
@@ -314,7 +299,7 @@ def demo(config_path: str | None, fault: str, deploy_script: str | None, record_
         watch = config.watch.interval_s
     elif watch is None and steps is not None:
         watch = DEMO_WATCH_S
-    _open_app(config, resolved, options, _record_path(record_path, no_record, label, config), watch=watch)
+    _open_app(config, resolved, options, record_path_for(record_path, no_record, label, config), watch=watch)
 
 
 @main.command()

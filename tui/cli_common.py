@@ -21,6 +21,7 @@ from probes.handoff import read_handoff
 from probes.headless import EXIT_USAGE
 from probes.net import is_loopback
 from probes.options import RunOptions
+from probes.recording import default_recording_path
 from probes.safety import looks_like_production
 from probes.sanitize import one_line
 from probes.sandbox import FAULTS
@@ -173,3 +174,17 @@ def prepare(config_path: str | None, target: str | None, url: str | None, fault:
     return config, resolved, options
 
 
+
+
+def record_path_for(record_path: str | None, no_record: bool, target: str, config: Config) -> Path | None:
+    """Where to record: the path named with --record, or a new file in the default folder, which is pruned first
+    (config.recording: keep_files, keep_days; a named path and its folder are never pruned)."""
+    if no_record:
+        return None
+    if record_path:
+        return Path(record_path)
+    from probes.retention import prune_recordings
+
+    path = default_recording_path(target)
+    prune_recordings(path.parent, config.recording.keep_files, config.recording.keep_days)
+    return path

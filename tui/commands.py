@@ -30,6 +30,8 @@ class StagewatchCommands(Provider):
                 ("Stop watching" if app.control is not None else "Start watching",
                  f"Run the queue in rounds, every {interval_words(app.watch_interval)} (w)", app.action_watch),
                 ("Watch interval…", "Type the time between rounds: 10s, 2m, 500ms (W)", app.action_interval),
+                ("Console: open/close", "A session of your own: compose and send frames, ping, close with a code, "
+                 "reconnect with another token transport, headers or claims (x)", app.action_console),
             ]
             for seconds in PRESETS:
                 words = interval_words(seconds)
