@@ -10,6 +10,8 @@ FAULTS: dict[str, str] = {
     "auth-close": "accepts, then closes 1008 Policy Violation 'invalid token'",
     "strip-auth": "behaves as if a proxy removed Authorization and Sec-WebSocket-Protocol: the backend sees no "
                   "token (HTTP 401) and /debug/echo-headers shows neither",
+    "strip-auth-header": "behaves as if a load balancer removed Authorization only: the jwt. subprotocol still "
+                         "reaches the backend and authenticates; /debug/echo-headers shows no Authorization",
     "server-error": "closes 1011 Internal Error in the middle of the agent run",
     "abnormal-close": "drops the TCP connection mid-run without a close frame (1006)",
     "restart": "closes 1012 Service Restart in the middle of the agent run",

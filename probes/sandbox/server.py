@@ -1,6 +1,7 @@
 """The sandbox server: HTTP health and header echo, and the WebSocket chat protocol, each fault switchable.
 
-It validates the JWT (HS256) with its own secret, echoes the `jwt.` subprotocol, sends
+It validates the JWT (HS256) with its own secret (carried as `Authorization: Bearer`, a `jwt.` subprotocol or a
+`token` query parameter), echoes the `jwt.` subprotocol, sends
 `connection_established`, answers each user message with the five agent events and a response, and closes 1000
 when the client does. It listens on loopback only. Given a deploy script (`deploy.py`) it plays it from its start:
 fault and build switched in place, the listener stopped and started again on the same port.
@@ -18,6 +19,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qs
 
 import jwt
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -37,6 +39,10 @@ CLOSE_GRACE_S = 1.0  # a deploy's down/restart: how long open sessions get to fi
 CLOCK_SKEW_S = 1200  # clock-skew fault: the server runs 20 minutes ahead (more than the token lifetime)
 AGENT_EVENTS = ("agent_started", "agent_thinking", "tool_executing", "tool_completed", "agent_completed")
 MESSAGE_TYPES = {"user_message", "chat_message", "message", "start_agent"}
+QUERY_PARAM = "token"  # the protocol's default query_param
+# What a header-stripping proxy in front of the backend removes, per fault.
+STRIPPED = {"strip-auth": frozenset({"authorization", "sec-websocket-protocol"}),
+            "strip-auth-header": frozenset({"authorization"})}
 
 
 @dataclass
@@ -242,13 +248,15 @@ class Sandbox:
         return resp
 
     def _seen_headers(self, request: Request) -> Headers:
-        if self.fault != "strip-auth":
+        stripped = STRIPPED.get(self.fault)
+        if not stripped:
             return request.headers
         # What a header-stripping proxy leaves behind.
-        stripped = {"authorization", "sec-websocket-protocol"}
         return Headers([(k, v) for k, v in request.headers.raw_items() if k.lower() not in stripped])
 
-    def _token(self, headers: Headers) -> str | None:
+    def _token(self, headers: Headers, path: str = "") -> str | None:
+        """The token as the request carries it: Authorization, a `jwt.` subprotocol, or the `token` query
+        parameter (no proxy strips a query string)."""
         auth = headers.get("Authorization", "")
         if auth.lower().startswith("bearer "):
             return auth[7:].strip()
@@ -257,7 +265,7 @@ class Sandbox:
                 token = token_from_subprotocol(offered)
                 if token:
                     return token
-        return None
+        return _query(path).get(QUERY_PARAM) or None
 
     def _verify(self, token: str) -> tuple[dict[str, Any] | None, str]:
         now = time.time() + (CLOCK_SKEW_S if self.fault == "clock-skew" else 0)
@@ -282,7 +290,8 @@ class Sandbox:
             seen = self._seen_headers(request)
             shown = {k.lower(): (redact_token(v) if k.lower() in ("authorization", "sec-websocket-protocol")
                                  else v) for k, v in seen.raw_items()}
-            return self._json(conn, 200, {"headers": shown})
+            query = {k: redact_token(v) for k, v in _query(request.path).items()}
+            return self._json(conn, 200, {"headers": shown, "query": query})
         if path != self.options.ws_path:
             return self._json(conn, 404, {"detail": f"no route {path}"})
         if self.fault == "not-ready":
@@ -294,7 +303,7 @@ class Sandbox:
         if self.fault == "auth-rejected":
             return self._json(conn, 403, {"detail": "forbidden"})
         headers = self._seen_headers(request)
-        token = self._token(headers)
+        token = self._token(headers, request.path)
         if token is None:
             return self._json(conn, 401, {"detail": "missing token"})
         claims, why = self._verify(token)
@@ -303,7 +312,7 @@ class Sandbox:
         return None
 
     def _select_subprotocol(self, conn: ServerConnection, subprotocols: Any) -> Any:
-        if self.fault in ("strip-auth", "subprotocol-not-echoed"):
+        if self.fault in ("strip-auth", "subprotocol-not-echoed"):  # strip-auth-header: the subprotocol passes
             return None
         for offered in subprotocols:
             if offered.startswith("jwt."):
@@ -333,7 +342,7 @@ class Sandbox:
                 await ws.send("<html>502 Bad Gateway</html>")
                 await ws.send(b"\x00\xff\xfe garbage \x80")
             user = "anonymous"
-            token = self._token(self._seen_headers(ws.request)) if ws.request else None
+            token = self._token(self._seen_headers(ws.request), ws.request.path) if ws.request else None
             if token:
                 user = str((self._verify(token)[0] or {}).get("sub", "anonymous"))
             await ws.send(json.dumps({"type": "connection_established", "payload": {
@@ -409,6 +418,11 @@ class Sandbox:
 def fault_help() -> str:
     width = max(map(len, FAULTS))
     return "\n".join(f"  {name:<{width}}  {text}" for name, text in FAULTS.items())
+
+
+def _query(path: str) -> dict[str, str]:
+    """A request path's query parameters (the first value of each)."""
+    return {k: v[0] for k, v in parse_qs(path.partition("?")[2]).items() if v}
 
 
 def _arithmetic(question: str) -> str:
