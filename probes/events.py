@@ -32,6 +32,7 @@ class RunStarted(Event):
     base_url: str
     probes: tuple[tuple[str, str, int], ...]  # (id, name, priority) in queue order
     wall: float  # epoch seconds at t == 0
+    fault: str = "none"  # the embedded sandbox's fault for this run (a session may switch it between runs)
     kind: ClassVar[str] = "run_started"
 
 

@@ -197,6 +197,7 @@ class RunModel:
         self._wall = 0.0  # epoch seconds at t == 0 of the current run
         self.target = ""
         self.base_url = ""
+        self.fault = "none"  # the current run's sandbox fault (each run says its own)
         self.wall0: float | None = None
         self.started_t = 0.0
         self.order: list[str] = []
@@ -270,7 +271,7 @@ class RunModel:
         return changed
 
     def _run_started(self, event: RunStarted) -> None:
-        self.target, self.base_url = event.target, event.base_url
+        self.target, self.base_url, self.fault = event.target, event.base_url, event.fault
         if self.wall0 is None:
             self.wall0 = event.wall
         self.started_t = event.t

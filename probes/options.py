@@ -50,6 +50,15 @@ def run_redactor(target: ResolvedTarget, env: Mapping[str, str], secret: str | N
     return redactor
 
 
+def run_fault(target: ResolvedTarget, options: RunOptions) -> str:
+    """The fault the embedded sandbox plays in this run ("none" for any other target), for RunStarted."""
+    if not target.is_sandbox:
+        return "none"
+    if options.sandbox is not None:
+        return options.sandbox.fault
+    return sandbox_options(target, options).fault
+
+
 def sandbox_options(target: ResolvedTarget, options: RunOptions) -> SandboxOptions:
     """The embedded sandbox's options: as given, or the run's fault on the target's WebSocket path."""
     return options.sandbox_options or SandboxOptions(fault=options.fault, ws_path=target.protocol.ws_path)

@@ -85,6 +85,7 @@ class SuiteFold:
         self.default_priority = default_priority
         self.started = False
         self.held: list[dict[str, Any]] = []
+        self.fault = "none"  # the sandbox's fault, for RunStarted (set by the runner)
         self.embedded = embedded  # one entry of a queue shared with probes: its tests join the run (Queued)
         self.collected: dict[str, tuple[str, int]] = {}  # nodeid -> (probe id, priority), in run order
         self.waiting: dict[str, tuple[str, int]] = {}  # tests of later priority bands (embedded), in run order
@@ -127,7 +128,7 @@ class SuiteFold:
             self.announced.update(self.collected)
             self.bus.publish(RunStarted(self.clock(), self.target.name, self.base_url,
                                         tuple((pid, nodeid, p) for nodeid, (pid, p) in self.collected.items()),
-                                        self.clock.wall))
+                                        self.clock.wall, self.fault))
         held, self.held = self.held, []
         for msg in held:
             self.handle(msg)

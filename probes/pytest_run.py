@@ -43,7 +43,7 @@ from .events import ProbeFinished, RunFinished
 from .pytest_fold import SuiteFold
 from .pytest_items import OPTIONS_ENV, SOCKET_ENV
 from .redact import Redactor
-from .options import RunOptions, RunResult, run_redactor, sandbox_options
+from .options import RunOptions, RunResult, run_fault, run_redactor, sandbox_options
 from .sandbox import Sandbox
 
 PLUGIN = "probes.pytest_plugin"
@@ -125,6 +125,7 @@ class Suite:
         self.base_url, self.secret, self.name, self.embedded = base_url, secret, name, embedded
         self.fold = SuiteFold(bus, clock, target, base_url, redactor, default_priority=config.pytest.default_priority,
                               embedded=embedded)
+        self.fold.fault = run_fault(target, options)
         self.collected_once = False  # a band ran and collected: `fold.waiting` now says what later bands hold
         self.broken = False  # pytest itself failed (usage, internal or collection error): no more bands
         self.exit_code: int | None = None

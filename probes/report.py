@@ -82,6 +82,7 @@ def to_json(model: RunModel) -> dict[str, Any]:
         "started_at": iso(first) if model.history.total_rounds > 1 else _iso(model, model.started_t),
         "finished_at": _iso(model, model.finished.t if model.finished else None),
         "verdict": model.verdict,
+        **({"fault": model.fault} if model.fault != "none" else {}),  # the sandbox's fault in the last run
         "probes": [probe_record(p) for p in _reported(model)],
         **model.history.report(),
     }

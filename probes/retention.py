@@ -75,3 +75,15 @@ def prune_recordings(folder: str | Path, keep_files: int, keep_days: float, now:
         return removed
     except (OSError, ValueError, TypeError, OverflowError):  # best effort: a folder that is not there, odd values
         return []
+
+
+def newest_recordings(folder: str | Path, limit: int = 20) -> list[Path]:
+    """The default folder's recordings, newest first (by their newest file): each as the path to open (its first
+    file, the one `replay` reads with its parts). Best effort: an unreadable folder is an empty list."""
+    folder = Path(folder)
+    try:
+        units = _units(folder)
+    except OSError:
+        return []
+    ordered = sorted(units.items(), key=lambda kv: kv[1].newest, reverse=True)[:max(0, limit)]
+    return [folder / f"{name}.jsonl" for name, _unit in ordered]

@@ -23,7 +23,7 @@ from .diagnosis import diagnose
 from .events import (Diagnosed, ProbeFinished, ProbeStarted, RunFinished, RunStarted, StageFinished,
                      StageStarted)
 from .net import is_loopback
-from .options import RunOptions, RunResult, run_redactor, sandbox_options, shared_sandbox
+from .options import RunOptions, RunResult, run_fault, run_redactor, sandbox_options, shared_sandbox
 from .probe import ProbeRun
 from .pytest_run import Suite
 from .sandbox import Sandbox
@@ -110,7 +110,7 @@ async def run_queue(config: Config, target: ResolvedTarget, bus: EventBus, optio
                              allowed_hosts=target_hosts(target, base_url), degraded_ms=config.watch.degraded_ms)
             bus.publish(RunStarted(clock(), target.name, base_url,
                                    tuple((p.id, p.name or p.id, p.priority) for p in probes if p.kind == "probe"),
-                                   clock.wall))
+                                   clock.wall, run_fault(target, options)))
             stop = False
             unreachable: str | None = None  # why nothing answered: later probes are not attempted
             known = {p.id for p in probes if p.kind == "probe"}

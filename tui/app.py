@@ -47,6 +47,8 @@ from probes.sanitize import one_line, visible
 from probes.pytest_run import run_pytest
 from probes.runner import Clock, RunOptions, run_queue
 from probes.watch import Flip
+from tui.byhand import ByHand
+from tui.clipboard import copy_elsewhere
 from tui.commands import StagewatchCommands
 from tui.console_control import ConsoleControl
 from tui.engine import EngineThread
@@ -114,6 +116,10 @@ class StagewatchApp(App[int]):
                 tooltip="Watch: the right-hand pane shows the timeline, per-stage latency or the frame detail"),
         Binding("x", "console", "Console", id="console", show=False,
                 tooltip="Open/close the console: a session of your own — compose, send, ping, close, reconnect"),
+        Binding("m", "matrix", "Matrix", id="matrix", show=False,
+                tooltip="Auth-path matrix: connect once per token transport and say which reaches the backend"),
+        Binding("d", "compare", "Compare", id="compare", show=False,
+                tooltip="Compare two runs: this round and the one before, or the last recording and this session"),
         Binding("question_mark", "help", "Help", id="help", key_display="?", tooltip="All keys"),
         Binding("q", "quit", "Quit", id="quit", tooltip="Leave stagewatch"),
         Binding("escape", "escape", "Back", id="escape", show=False),
@@ -127,6 +133,7 @@ class StagewatchApp(App[int]):
                  console: bool = False) -> None:
         super().__init__()
         self.hand = ConsoleControl(self)
+        self.tools = ByHand(self)
         self.console_requested = console  # `stagewatch console`: the console opens at once, no queue run
         self.pytest_args = None if pytest_args is None else tuple(pytest_args)
         self.config = config
@@ -338,6 +345,15 @@ class StagewatchApp(App[int]):
             self.notify("the console needs a live session (not a replay)", severity="warning", timeout=3)
             return
         self.run_worker(self.hand.toggle(), group="console", exit_on_error=False, name="console")
+
+    def action_matrix(self) -> None:
+        if not self.is_live:
+            self.notify("the matrix needs a live session (not a replay)", severity="warning", timeout=3)
+            return
+        self.run_worker(self.tools.matrix(), group="matrix", exclusive=True, exit_on_error=False, name="matrix")
+
+    def action_compare(self) -> None:
+        self.tools.compare()
 
     def on_console_panel_do(self, message: ConsolePanel.Do) -> None:
         self.run_worker(self.hand.handle(message), group="console-do", exit_on_error=False, name="console")
@@ -834,14 +850,19 @@ class StagewatchApp(App[int]):
         if text is None:
             self.notify("nothing to copy: no close and no frame selected", severity="warning", timeout=3)
             return
-        self.copy_to_clipboard(text)
-        self.notify("copied the close summary", timeout=3)
+        self.copy_text(text, "the close summary")
 
     def _copy_frame(self, selected: tuple[Frame, FrameInfo, int]) -> None:
         frame, info, seq = selected
-        self.copy_to_clipboard(visible(pretty(frame.data)))  # the clipboard gets no control characters
-        self.notify(one_line(f"copied frame #{seq} ({info.type or info.kind}, {frame.size:,} B)"), timeout=3,
-                    markup=False)  # a frame type is the server's text
+        self.copy_text(visible(pretty(frame.data)),  # the clipboard gets no control characters
+                       f"frame #{seq} ({info.type or info.kind})")
+
+    def copy_text(self, text: str, what: str) -> None:
+        """Copy to the terminal's clipboard (OSC 52), tmux's buffer and a file; the toast says the real size and
+        where it went (a frame type in `what` is the server's text: shown, never markup)."""
+        self.copy_to_clipboard(text)
+        size, where = copy_elsewhere(text)
+        self.notify(one_line(f"copied {what}: {size:,} B → " + "; ".join(where)), timeout=6, markup=False)
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):

@@ -303,16 +303,26 @@ def demo(config_path: str | None, fault: str, deploy_script: str | None, record_
 
 
 @main.command()
-@click.argument("recording", type=click.Path(path_type=Path))
+@click.argument("recording", type=click.Path(path_type=Path), required=False)
+@click.option("--last", is_flag=True, help="The newest recording in the default folder (see `stagewatch recordings`).")
 @click.option("--config", "config_path", metavar="PATH", help="Config file.")
 @click.option("--markdown", is_flag=True, help="Print a Markdown report of the recording instead of opening it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report of the recording instead.")
-def replay(recording: Path, config_path: str | None, markdown: bool, as_json: bool) -> None:
+def replay(recording: Path | None, last: bool, config_path: str | None, markdown: bool, as_json: bool) -> None:
     """Show a recorded session exactly as it ran (pause, step, speed), or print its report."""
-    from probes.recording import RECORDING_VERSION, RecordingError, read_recording
+    from probes.recording import RECORDING_VERSION, RecordingError, default_recordings_dir, read_recording
     from probes.model import RunModel
     from probes.report import write_json, write_markdown
+    from probes.retention import newest_recordings
 
+    if (recording is None) == (not last):
+        fail("replay: give a RECORDING or --last (not both)")
+    if recording is None:
+        found = newest_recordings(default_recordings_dir(), 1)
+        if not found:
+            fail(f"replay --last: no recording in {default_recordings_dir()} yet")
+        recording = found[0]
+        click.echo(one_line(f"stagewatch: replaying {recording}"), err=True)
     try:
         rec = read_recording(recording)
     except RecordingError as exc:
@@ -328,6 +338,25 @@ def replay(recording: Path, config_path: str | None, markdown: bool, as_json: bo
         click.echo(write_markdown(model) if markdown else write_json(model), nl=False)
         return
     _open_app(load(config_path), None, RunOptions(), None, replay=recording)
+
+
+@main.command()
+@click.option("-n", "count", type=click.IntRange(1, 500), default=10, show_default=True, help="How many.")
+def recordings(count: int) -> None:
+    """The newest recordings in the default folder, with their target, verdict, runs and fault: what
+    `stagewatch replay --last` (or `replay PATH`) opens."""
+    from probes.recording import default_recordings_dir
+    from probes.retention import newest_recordings
+    from tui.recordings import describe
+
+    folder = default_recordings_dir()
+    found = newest_recordings(folder, count)
+    if not found:
+        click.echo(f"no recordings in {folder} yet")
+        return
+    click.echo(f"{folder}:")
+    for path in found:
+        click.echo(describe(path))
 
 
 # Commands for reproducing by hand, each in its own module over tui/cli_common.py.

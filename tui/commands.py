@@ -32,6 +32,8 @@ class StagewatchCommands(Provider):
                 ("Watch interval…", "Type the time between rounds: 10s, 2m, 500ms (W)", app.action_interval),
                 ("Console: open/close", "A session of your own: compose and send frames, ping, close with a code, "
                  "reconnect with another token transport, headers or claims (x)", app.action_console),
+                ("Auth-path matrix", "Connect once per token transport (subprotocol, header, query, both, none) and "
+                 "say which reaches the backend (m)", app.action_matrix),
             ]
             for seconds in PRESETS:
                 words = interval_words(seconds)
@@ -57,6 +59,8 @@ class StagewatchCommands(Provider):
             ("Filter frames", "Show only frames matching a text or type:NAME (/)", app.action_filter),
             ("Copy frame or close summary", "Copy the selected frame, else the close summary (c)",
              app.action_copy),
+            ("Compare two runs", "This round and the one before, or the last recording and this session: stage "
+             "timings, frames aligned, the first divergence (d)", app.action_compare),
             ("Show keys", "The help screen (?)", app.action_help),
             ("Quit", "Leave stagewatch (q)", app.action_quit),
         ]

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from rich.text import Text
+
+from probes.sanitize import one_line
 from textual.widgets import Static
 
 from tui.state import SessionState, fmt_countdown, fmt_ms
@@ -86,8 +88,9 @@ class HeaderBar(Static):
             top.append("—")
 
         bottom = Text(" ")
-        if info.fault != "none" and info.mode == "live":
-            bottom.append(f"fault {info.fault}", style=f"bold {status_color(self.app, 'error')}")
+        fault = info.fault if info.mode == "live" and not state.runs else state.fault  # each run says its own
+        if fault and fault != "none":
+            bottom.append(f"fault {one_line(fault)}", style=f"bold {status_color(self.app, 'error')}")
             bottom.append(*sep)
         if info.mode == "replay":
             top_style = status_color(self.app, "error")
