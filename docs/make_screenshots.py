@@ -66,8 +66,36 @@ async def shoot_watch(filename: str = "screenshot-watch.svg") -> None:
     print(DOCS / filename)
 
 
+async def shoot_console(filename: str = "screenshot-console.svg") -> None:
+    """The console on the sandbox: a message composed and sent, its five agent events, a ping."""
+    config = load_config(None)
+    app = StagewatchApp(config, resolve_target(config, "sandbox"), RunOptions(), None, console=True)
+    async with app.run_test(size=SIZE) as pilot:
+        deadline = time.monotonic() + 30
+
+        async def until(check) -> None:  # type: ignore[no-untyped-def]
+            while not check():
+                if time.monotonic() > deadline:
+                    raise SystemExit("the console did not get there in time")
+                await pilot.pause(0.05)
+
+        await until(lambda: "console" in app.state.probes and app.state.probes["console"].stages.get("handshake")
+                    is not None and app.state.probes["console"].stages["handshake"].status == "pass")
+        await pilot.press("ctrl+s")
+        await until(lambda: (app.state.frames.get("console") is not None
+                             and app.state.frames["console"].frames >= 7))
+        await pilot.press("ctrl+g")
+        await until(lambda: "ping" in app.state.probes["console"].stages
+                    and app.state.probes["console"].stages["ping"].status == "pass")
+        await pilot.pause(0.5)
+        app.save_screenshot(filename, path=str(DOCS))
+    print(DOCS / filename)
+
+
 if __name__ == "__main__":
-    wanted = set(sys.argv[1:]) or {"none", "closed-before-ready", "watch"}
+    wanted = set(sys.argv[1:]) or {"none", "closed-before-ready", "watch", "console"}
+    if "console" in wanted:
+        asyncio.run(shoot_console())
     for fault_name, name in SHOTS.items():
         if fault_name in wanted:
             asyncio.run(shoot(fault_name, name))

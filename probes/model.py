@@ -172,7 +172,9 @@ class ProbeModel:
             return "queued"
         if self.status == "running":
             current = self.current_stage
-            return f"{current.name}…" if current else "starting…"
+            if current:
+                return f"{current.name}…"
+            return "connection open" if self.opened is not None and not self.closes else "starting…"
         failed = self.failed
         if failed is not None:
             if self.diagnoses:  # the engine's name for it says most in the fewest characters

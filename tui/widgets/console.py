@@ -129,7 +129,8 @@ class ConsolePanel(Vertical):
             yield Button("Ping ^g", id="console-ping", compact=True)
             yield Button("Reconnect ^r", id="console-reconnect", compact=True)
             yield Button("Save ^b", id="console-save", compact=True)
-            yield Label(" close", classes="console-label")
+        with Horizontal(classes="console-row"):
+            yield Label("close with", classes="console-label")
             yield Input("1000", id="console-code", restrict=r"[0-9]{0,4}", compact=True)
             yield Input(placeholder="reason", id="console-reason", compact=True, max_length=123)
             yield Button("Close ^k", id="console-close", variant="warning", compact=True)
