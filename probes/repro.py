@@ -581,3 +581,30 @@ def parse_claim(text: str) -> tuple[str, Any]:
     except ValueError:
         value = raw
     return key, value
+
+
+def repro_for(form: str, target: ResolvedTarget, *, config_path: str | None = None, port: int | None = None,
+              fault: str = "none") -> str:
+    """What `stagewatch repro --form FORM` prints for `target`, as it works when pasted: against the embedded
+    sandbox (which lives only inside a run) the lines first start a standalone one on `port` (default 8765) with
+    `fault`, or use the one already running there; the token comes from `stagewatch token`."""
+    setup: list[str] = []
+    if target.is_sandbox:
+        port = port or SANDBOX_PORT
+        base_url = f"http://127.0.0.1:{port}"
+        running = read_handoff(port)
+        if running is not None:
+            setup = [comment(f"The default target is the embedded sandbox, which lives only inside a run: these "
+                             f"lines use the standalone sandbox already running on port {port} (pid "
+                             f"{running['pid']}).")]
+        else:
+            with_fault = f" --fault {fault}" if fault != "none" else ""
+            setup = [comment("The default target is the embedded sandbox, which lives only inside a run: start a "
+                             "standalone one (add --fault NAME for a failure mode: `stagewatch sandbox "
+                             "--list-faults`); stop it with `kill %stagewatch` when done."),
+                     f"stagewatch sandbox --port {port}{with_fault} &"]
+        command = token_command(target, base_url, config_path=config_path, wait_s=10)
+    else:
+        base_url = target.base_url
+        command = token_command(target, config_path=config_path)
+    return render(form, target, base_url, token_command=command, setup=setup)

@@ -86,8 +86,8 @@ async def test_the_app_console_composes_sends_pings_closes_and_reconnects(tui_co
         composer.load_text('{"type": "user_message", "payload": {"content": "console: 3 + 4?"}}')
         await pilot.press("ctrl+s")
         await wait_until(pilot, lambda: frames(app) >= 7, 10)  # ready, ours, five agent events
-        shown = pane_text(app, "#frames")
-        assert "user_message" in shown and "agent_completed" in shown
+        await wait_until(pilot, lambda: "agent_completed" in pane_text(app, "#frames"), 5)
+        assert "user_message" in pane_text(app, "#frames")
         await pilot.press("ctrl+g")
         await wait_until(pilot, lambda: "ping" in app.state.probes["console"].stages, 5)
         await wait_until(pilot, lambda: app.state.probes["console"].stages["ping"].status == "pass", 5)
@@ -148,3 +148,20 @@ def test_saved_messages_are_bounded_and_survive_garbage(tmp_path: Path):
         save_message(json.dumps({"n": n}), path)
     saved = load_saved(path)
     assert len(saved) == 100 and saved[0] == '{"n": 119}'
+
+
+async def test_copy_as_python_lands_in_a_file_with_its_size(tui_config, tmp_path, monkeypatch):  # noqa: F811
+    """Copy falls back where OSC 52 is not confirmed: the runtime dir's file (and tmux's buffer inside tmux)."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    monkeypatch.delenv("TMUX", raising=False)
+    app = StagewatchApp(tui_config, resolve_target(tui_config, "sandbox"), RunOptions(fault="closed-before-ready"),
+                        None, autostart=False)
+    async with app.run_test(size=SIZE) as pilot:
+        notes: list[str] = []
+        monkeypatch.setattr(app, "notify", lambda message, **kw: notes.append(str(message)))
+        app.tools.copy_as("python")
+        await pilot.pause()
+    copied = (tmp_path / "stagewatch" / "clipboard.txt").read_text()
+    assert "stagewatch sandbox --port 8765 --fault closed-before-ready &" in copied
+    assert "eyJ" not in copied
+    assert notes and f"{len(copied.encode()):,} B" in notes[-1] and "clipboard.txt" in notes[-1]

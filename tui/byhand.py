@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from probes.diff import DiffError, RunDiff, diff_models, diff_rounds, load_run, render_markdown, render_text
+from probes.console import CONSOLE_ID, overridden
 from probes.matrix import run_matrix
+from probes.repro import repro_for
 from probes.recording import RecordingError, default_recordings_dir
 from probes.retention import newest_recordings
 from probes.sanitize import one_line
@@ -35,6 +37,24 @@ class ByHand:
             app.notify(one_line(f"matrix: {exc}"), severity="error", timeout=8, markup=False)
             return
         app.push_screen(TextReportScreen("Auth-path matrix", result.render_text(), result.render_markdown()))
+
+    def copy_as(self, form: str) -> None:
+        """The golden path as `stagewatch repro --form FORM` prints it, copied: for the console's session with
+        its token transport, headers and subprotocol; for a sandbox target, lines that start a standalone one with
+        this session's fault."""
+        app = self.app
+        if app.target is None:
+            return
+        target = app.target
+        console = app.hand.console
+        if console is not None and app.focus_probe == CONSOLE_ID:
+            target = overridden(target, console.overrides)
+        try:
+            text = repro_for(form, target, fault=app.options.fault)
+        except (ValueError, OSError) as exc:
+            app.notify(one_line(f"copy as {form}: {exc}"), severity="warning", timeout=6, markup=False)
+            return
+        app.copy_text(text, f"the golden path as {form}")
 
     def compare(self) -> None:
         """A watch: the round shown (or the newest) against the one before it. Otherwise: the newest other

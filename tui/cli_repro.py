@@ -32,38 +32,18 @@ def repro(config_path: str | None, target: str | None, url: str | None, allow_pr
 
     Against the default target (the embedded sandbox, which lives only inside a run) the lines start a standalone
     `stagewatch sandbox --port 8765 &` first. Queue options (--only, --fault, …) are refused, not ignored."""
-    from probes.handoff import read_handoff
     from probes.redact import Redactor
-    from probes.repro import SANDBOX_PORT, comment, render, token_command
+    from probes.repro import repro_for
 
     if as_python and form not in (None, "python"):
         fail(f"--python is --form python; give one of them, not --form {form} as well")
     chosen = "python" if as_python else form or "websocat"
     config = load(config_path)
     resolved = pick_target(config, target, url, allow_production=allow_production, insecure=False)
-    setup: list[str] = []
-    command: str | None = None
-    if resolved.is_sandbox:
-        port = port or SANDBOX_PORT
-        base_url = f"http://127.0.0.1:{port}"
-        running = read_handoff(port)
-        if running is not None:
-            setup = [comment(f"The default target is the embedded sandbox, which lives only inside a run: these "
-                             f"lines use the standalone sandbox already running on port {port} (pid "
-                             f"{running['pid']}).")]
-        else:
-            setup = [comment("The default target is the embedded sandbox, which lives only inside a run: start a "
-                             "standalone one (add --fault NAME for a failure mode: `stagewatch sandbox "
-                             "--list-faults`); stop it with `kill %stagewatch` when done."),
-                     f"stagewatch sandbox --port {port} &"]
-        command = token_command(resolved, base_url, config_path=config_path, wait_s=10)
-    elif port is not None:
+    if port is not None and not resolved.is_sandbox:
         fail("--port applies to the default (embedded sandbox) target only, whose standalone sandbox it places; "
              "with --url or --target the port is the target's own")
-    else:
-        base_url = resolved.base_url
-        command = token_command(resolved, config_path=config_path)
-    text = render(chosen, resolved, base_url, token_command=command, setup=setup)
+    text = repro_for(chosen, resolved, config_path=config_path, port=port)
     redactor = Redactor([])  # a backstop: the forms name variables, never a value of one
     for name in (resolved.auth.secret_env, resolved.auth.token_env):
         redactor.add(os.environ.get(name))

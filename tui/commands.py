@@ -32,6 +32,8 @@ class StagewatchCommands(Provider):
                 ("Watch interval…", "Type the time between rounds: 10s, 2m, 500ms (W)", app.action_interval),
                 ("Console: open/close", "A session of your own: compose and send frames, ping, close with a code, "
                  "reconnect with another token transport, headers or claims (x)", app.action_console),
+                *[(f"Copy as {form}", f"The golden path (the console's session when focused) as {form} — works "
+                   "when pasted", partial(app.tools.copy_as, form)) for form in ("websocat", "python", "wscat", "curl")],
                 ("Auth-path matrix", "Connect once per token transport (subprotocol, header, query, both, none) and "
                  "say which reaches the backend (m)", app.action_matrix),
             ]
