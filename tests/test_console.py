@@ -165,3 +165,20 @@ async def test_copy_as_python_lands_in_a_file_with_its_size(tui_config, tmp_path
     assert "stagewatch sandbox --port 8765 --fault closed-before-ready &" in copied
     assert "eyJ" not in copied
     assert notes and f"{len(copied.encode()):,} B" in notes[-1] and "clipboard.txt" in notes[-1]
+
+
+async def test_a_console_session_exports_as_markdown(tui_config, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    app = console_app(tui_config)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: "console" in app.state.probes and app.state.probes["console"].stages.get(
+            "handshake") is not None and app.state.probes["console"].stages["handshake"].status == "pass", 10)
+        await pilot.press("ctrl+k")
+        await wait_until(pilot, lambda: app.state.probes["console"].finished, 5)
+        app.tools.export_markdown()
+    reports = list((tmp_path / "stagewatch" / "reports").glob("*-session.md"))
+    assert len(reports) == 1
+    text = reports[0].read_text()
+    assert "### Console session" in text and "connection_established" in text and "| handshake | pass |" in text
+    assert "Close: 1000" in text

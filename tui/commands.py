@@ -34,6 +34,8 @@ class StagewatchCommands(Provider):
                  "reconnect with another token transport, headers or claims (x)", app.action_console),
                 *[(f"Copy as {form}", f"The golden path (the console's session when focused) as {form} — works "
                    "when pasted", partial(app.tools.copy_as, form)) for form in ("websocat", "python", "wscat", "curl")],
+                ("Export the session as Markdown", "The report of this session (the console's included), written "
+                 "beside the recordings and copied", app.tools.export_markdown),
                 ("Auth-path matrix", "Connect once per token transport (subprotocol, header, query, both, none) and "
                  "say which reaches the backend (m)", app.action_matrix),
             ]
