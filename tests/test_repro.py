@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jwt
@@ -205,6 +206,45 @@ def test_websocat_form_as_printed_shows_the_close_code_and_reason(standalone, en
                          timeout=WAIT)
     assert 'close: Some(CloseData { status_code: 1000, reason: "main cleanup" })' in out.stdout, out.stdout
     assert "eyJ" not in out.stdout  # the debug lines that dump the headers are filtered out
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_curl_form_as_printed_shows_what_reaches_the_backend_and_the_upgrade(standalone, env, tmp_path):
+    url = standalone("--fault", "strip-auth-header")
+    text = _stagewatch("repro", "--url", url, "--form", "curl", env=env, cwd=tmp_path).stdout
+    out = subprocess.run(["bash", "-c", text], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=WAIT)
+    assert '"status": "healthy"' in out.stdout, out.stdout + out.stderr  # health
+    assert '"sec-websocket-protocol"' in out.stdout and '"authorization"' not in out.stdout  # stripped on the way
+    assert "upgrade: HTTP 101" in out.stdout  # the subprotocol still authenticates
+    assert "eyJ" not in out.stdout.replace("eyJhbGciOi…", "")  # the echo shows credentials redacted
+
+
+@pytest.mark.skipif(shutil.which("wscat") is None or shutil.which("script") is None,
+                    reason="wscat (npm) or script (util-linux) is not installed")
+def test_wscat_form_as_printed_shows_the_close(standalone, env, tmp_path):
+    """wscat says how the server closed only when it runs interactively: under a pseudo-terminal (script(1)),
+    read until it does, then stop it."""
+    url = standalone("--fault", "closed-before-ready")
+    form = tmp_path / "wscat.sh"
+    form.write_text(_stagewatch("repro", "--url", url, "--form", "wscat", env=env, cwd=tmp_path).stdout)
+    proc = subprocess.Popen(["script", "-qfec", f"bash {form}", "/dev/null"], cwd=tmp_path, env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    seen = b""
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + WAIT
+        while b"Disconnected" not in seen or b")" not in seen.split(b"Disconnected", 1)[1]:
+            if time.monotonic() > deadline:
+                break
+            chunk = proc.stdout.read1(4096)  # type: ignore[attr-defined]
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        proc.kill()
+        proc.wait(timeout=WAIT)
+    assert b'Disconnected (code: 1000, reason: "main cleanup")' in seen, seen[-500:]
 
 
 def test_repro_names_a_sandbox_already_running_instead_of_starting_one(env, tmp_path, monkeypatch):
