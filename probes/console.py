@@ -27,14 +27,15 @@ from .closecodes import close_sentence
 from .config import Config, ProbeDef, ResolvedTarget, Step, TokenTransport
 from .context import RunContext
 from .diagnosis import diagnose
-from .events import Diagnosed, ProbeFinished, ProbeStarted, StageFinished, StageStarted, Status
+from .events import (Diagnosed, ProbeFinished, ProbeStarted, RunFinished, RunStarted, StageFinished, StageStarted,
+                     Status)
 from .net import ms_since
-from .options import RunOptions, run_redactor, sandbox_options
+from .options import RunOptions, run_fault, run_redactor, sandbox_options
 from .probe import ProbeRun
 from .runner import target_hosts
 from .sandbox import Sandbox
 
-CONSOLE_ID = "console"
+CONSOLE_ID = "console"  # probes.report.CONSOLE_PROBE says the same (the report shows this probe whole)
 TRANSPORTS: dict[str, tuple[TokenTransport, ...]] = {
     "config": (), "subprotocol": ("subprotocol",), "header": ("header",), "query": ("query",),
     "subprotocol+header": ("subprotocol", "header"), "none": ()}
@@ -154,20 +155,38 @@ class Console:
         self.connections = 0
         self.counts: dict[str, int] = {}
         self.closing = False
+        self.last: tuple[str, Status, str] | None = None  # the last stage: name, status, detail (for a toast)
+        self.own_run = False  # announce the session as a run of its own (RunStarted … RunFinished): no queue ran
         self._watch: asyncio.Task[None] | None = None
 
     # --- life -------------------------------------------------------------------------------------------------
-    async def open(self) -> None:
+    async def open(self, own_run: bool = False) -> None:
+        """Start what the session needs; with `own_run` (nothing else runs in this session, e.g. `stagewatch
+        console`) the session is announced as a run, so its recording and report name the target and end."""
         if self.target.is_sandbox:
             self.sandbox = self.options.sandbox or await Sandbox(sandbox_options(self.target, self.options)).start()
             self.base_url, self.secret = self.sandbox.base_url, self.sandbox.secret
         self.http = httpx.AsyncClient(verify=self.target.verify_tls, follow_redirects=False, trust_env=False)
+        self.own_run = own_run
+        if own_run:
+            self._started_at = time.monotonic()
+            self.bus.publish(RunStarted(self.clock(), self.target.name, self.base_url, (), self.clock.wall,
+                                        run_fault(self.target, self.options)))
 
     async def shutdown(self) -> None:
         if self.connected:
-            await self.close(1001, "stagewatch console closed")
+            try:
+                await self.close(1001, "stagewatch console closed")
+            except ConsoleError:
+                pass
         if self._watch is not None:
             self._watch.cancel()
+        if self.own_run:
+            self.own_run = False
+            probe = self.run.model if self.run is not None else None
+            verdict = "fail" if probe is not None and probe.status in ("fail", "error") else "pass"
+            self.bus.publish(RunFinished(self.clock(), verdict,  # type: ignore[arg-type]
+                                         round((time.monotonic() - self._started_at) * 1000, 1)))
         if self.http is not None:
             await self.http.aclose()
         if self.sandbox is not None and self.sandbox is not self.options.sandbox:
@@ -206,6 +225,8 @@ class Console:
         status: Status = "pass"
         for step in probe.steps:
             status = await run.stage(step)
+            stage = run.model.stages.get(step.name)
+            self.last = (step.name, status, stage.detail if stage else "")
             if status != "pass":
                 break
         if status != "pass":
@@ -267,9 +288,13 @@ class Console:
         self.closing = True
         closed, answered = await session.close(limit, code, reason)
         detail = close_sentence(closed.code, closed.reason, closed.by, closed.after_ms)
-        self._finished(name, "pass" if answered else "fail", start,
-                       detail if answered else f"{detail}; the server did not answer our close in {limit:g} s")
-        await self._finish("pass", None)
+        if answered:
+            self._finished(name, "pass", start, detail)
+            await self._finish("pass", None)
+        else:  # a server that leaves a close unanswered fails the session: the drop is its doing, not ours
+            self._finished(name, "fail", start, f"the server did not answer our close {code} within {limit:g} s: "
+                           f"stagewatch dropped the connection ({detail})")
+            await self._finish("fail", name)
 
     # --- inside -------------------------------------------------------------------------------------------------
     def _session(self) -> Any:
@@ -302,8 +327,9 @@ class Console:
 
     def _finished(self, name: str, status: Status, start: float, detail: str) -> None:
         assert self.run is not None
-        self.run.emit(StageFinished(self.clock(), CONSOLE_ID, name, status, ms_since(start),
-                                    self.run.run_ctx.redactor.text(detail)))
+        shown = self.run.run_ctx.redactor.text(detail)
+        self.last = (name, status, shown)
+        self.run.emit(StageFinished(self.clock(), CONSOLE_ID, name, status, ms_since(start), shown))
 
     async def _watch_close(self, run: ProbeRun) -> None:
         """The server closing (or the line dropping) while the session is idle ends the console probe too."""

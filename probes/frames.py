@@ -12,6 +12,8 @@ from typing import Any
 
 import orjson
 
+from .sanitize import one_line
+
 SUMMARY_CHARS = 120
 _PARSE_LIMIT = 256 * 1024  # larger text frames are not parsed for display
 _JSON_START = re.compile(r"[ \t\r\n]*[\[{]")  # an object or array, without copying the text
@@ -72,7 +74,7 @@ def frame_type(value: Any, type_field: str = "type") -> str | None:
 
 def _one_line(text: str, limit: int = SUMMARY_CHARS) -> str:
     flat = " ".join(text[: limit * 8].split())  # never flatten a 10 MB frame to show 120 characters
-    flat = "".join(ch if ch.isprintable() else "\ufffd" for ch in flat)
+    flat = one_line(flat)  # control characters shown as escapes (\x1b), as everywhere else
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 

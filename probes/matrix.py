@@ -267,8 +267,16 @@ async def _matrix(run: RunContext) -> MatrixResult:
         result.rows.append(row)
         if row.error in UNREACHABLE:
             unreachable = row.error_text
-    result.conclusion, result.ok = conclude(result.rows, echo=bool(p.echo_headers_path),
-                                            host=urlsplit(run.base_url).netloc)
+    # The echo endpoint counts only where it answered with the headers it received: one that answers 404 (or
+    # garbage) tells no more than none, and the conclusion keeps its caveat and says why.
+    echoed = any(r.echo is not None and r.echo.compared for r in result.rows)
+    result.conclusion, result.ok = conclude(result.rows, echo=echoed, host=urlsplit(run.base_url).netloc)
+    broken = next((r.echo for r in result.rows if r.echo is not None and not r.echo.compared), None)
+    if p.echo_headers_path and not echoed and broken is not None and not result.ok and any(
+            r.answered for r in result.rows):
+        why = broken.error or (f"HTTP {broken.status}" if broken.status else "no header list")
+        result.conclusion += f" (the echo endpoint {p.echo_headers_path} answered {why}, so what reaches the " \
+                             "backend could not be seen)"
     return result
 
 

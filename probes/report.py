@@ -188,6 +188,9 @@ def _watch_markdown(model: RunModel) -> list[str]:
     return out
 
 
+CONSOLE_PROBE = "console"  # probes.console.CONSOLE_ID: a hand-driven session, reported stage by stage even when it passed
+
+
 def write_markdown(model: RunModel) -> str:
     probes = _reported(model)
     passed = sum(p.status == "pass" for p in probes)
@@ -213,7 +216,7 @@ def write_markdown(model: RunModel) -> str:
         out.append(f"| P{p.priority} | {shown} | {_GLYPH.get(p.status, p.status)} {p.status} | {ms} | "
                    f"{p.failed_stage or ''} |")
     for p in probes:
-        if p.status not in ("fail", "error"):
+        if p.status not in ("fail", "error") and p.id != CONSOLE_PROBE:  # a console session is shown whole
             continue
         test = pytest_fields(p)
         title = f"`{test['nodeid']}` ({test['outcome']})" if test else f"{p.id} ({p.name})"
@@ -233,7 +236,8 @@ def write_markdown(model: RunModel) -> str:
                 out.append(f"- **Next:** {d['next_step']}")
         frames = list(p.last_frames)
         if frames:
-            out += ["", "<details><summary>last frames before the close</summary>", "", "```"]
+            out += ["", f"<details><summary>last {len(frames)} frames{' before the close' if c else ''}</summary>", "",
+                    "```"]
             for f in frames:
                 arrow = "→" if f.direction == "out" else "←"
                 out.append(f"{f.ms:8.1f} ms {arrow} {f.size:6d} B  {classify(f.data).summary}")

@@ -180,5 +180,49 @@ async def test_a_console_session_exports_as_markdown(tui_config, tmp_path, monke
     reports = list((tmp_path / "stagewatch" / "reports").glob("*-session.md"))
     assert len(reports) == 1
     text = reports[0].read_text()
-    assert "### Console session" in text and "connection_established" in text and "| handshake | pass |" in text
-    assert "Close: 1000" in text
+    assert "### console (console · as configured)" in text and "connection_established" in text
+    assert "| handshake | pass |" in text
+    assert "**Close:** `1000`" in text
+
+
+async def test_a_server_that_ignores_pings_and_our_close_fails_those_stages(fast_config, monkeypatch):
+    """Its own server: pongs and close replies are swallowed. The ping fails at its deadline, the unanswered close
+    fails the session (the drop that follows is not the client's doing), both with words for the toast."""
+    from websockets.asyncio.server import serve
+    from websockets.frames import Opcode
+    from websockets.server import ServerProtocol
+
+    original = ServerProtocol.recv_frame
+
+    def deaf(self, frame):  # type: ignore[no-untyped-def]
+        if frame.opcode in (Opcode.PING, Opcode.CLOSE):
+            return None
+        return original(self, frame)
+
+    monkeypatch.setattr(ServerProtocol, "recv_frame", deaf)  # the server's side only: our client is a ClientProtocol
+
+    async def handler(ws):  # type: ignore[no-untyped-def]
+        await ws.send(json.dumps({"type": "connection_established"}))
+        await ws.wait_closed()
+
+    async with serve(handler, "127.0.0.1", 0, select_subprotocol=lambda conn, offered: offered[0] if offered
+                     else None) as server:
+        port = server.sockets[0].getsockname()[1]
+        target = resolve_target(fast_config, url=f"http://127.0.0.1:{port}")
+        bus, model = EventBus(), RunModel()
+        bus.subscribe(model.apply)
+        console = Console(fast_config, target, bus, Clock(), RunOptions(env={"JWT_SECRET_KEY": "k" * 32}))
+        await console.open(own_run=True)
+        try:
+            assert await console.connect() == "pass"
+            assert await console.ping() is None
+            assert console.last is not None and console.last[:2] == ("ping", "fail")
+            assert "no pong within" in console.last[2]
+            await console.close(4000, "bye")
+            probe = model.probes["console"]
+            assert probe.status == "fail" and probe.failed_stage == "close"
+            assert "did not answer our close 4000" in probe.stages["close"].detail
+        finally:
+            await console.shutdown()
+    assert model.finished is not None and model.finished.verdict == "fail"  # the session was the run, ended
+    assert model.target == target.name

@@ -256,3 +256,16 @@ def test_cli_against_a_standalone_sandbox(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+async def test_an_echo_endpoint_that_answers_404_keeps_the_caveat_and_says_why(fast_config):
+    """A broken echo endpoint tells no more than none: the conclusion must not read as if it had looked."""
+    from probes.sandbox import Sandbox, SandboxOptions
+
+    async with Sandbox(SandboxOptions(fault="strip-auth-header")) as sandbox:
+        target = resolve_target(fast_config, url=sandbox.base_url)
+        protocol = target.protocol.model_copy(update={"echo_headers_path": "/no/such/echo"})
+        target = target.model_copy(update={"protocol": protocol})
+        result = await run_matrix(fast_config, target, RunOptions(), env={"JWT_SECRET_KEY": sandbox.secret})
+    assert "stripped on the way or not accepted" in result.conclusion
+    assert "the echo endpoint /no/such/echo answered HTTP 404" in result.conclusion

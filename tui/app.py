@@ -40,7 +40,7 @@ from probes.config import Config, ConfigError, ResolvedTarget, resolve_target
 from probes.events import Event, Frame, Notice
 from probes.frames import FrameInfo, pretty
 from probes.model import ProbeModel
-from probes.recording import Recorder, RecordingError, Replay, read_recording
+from probes.recording import Recorder, RecordingError, Replay, default_recordings_dir, read_recording
 from probes.redact import Redactor
 from probes.safety import looks_like_production
 from probes.sanitize import one_line, visible
@@ -262,6 +262,11 @@ class StagewatchApp(App[int]):
             self.run_worker(self._start_when_settled(), group="start", exit_on_error=False, name="start")
         if self.watch_requested and not self.is_live:
             self._set_watch_view(True)  # (a fixed event list shown as a watch)
+
+    async def action_quit(self) -> None:
+        """Leave: an open console session is closed first (1001), so its recording ends whole."""
+        await self.hand.shutdown()
+        self.exit()
 
     def on_unmount(self) -> None:
         gc.set_threshold(*self._gc_threshold)
@@ -967,8 +972,10 @@ def run_app(config: Config, target: ResolvedTarget | None, options: RunOptions, 
                         pytest_args=pytest_args, console=console)
     app.run()
     if app.recorder is not None and record_path is not None and record_path.exists():
+        newest = record_path.parent.resolve() == default_recordings_dir().resolve()  # what --last opens
         sys.stderr.write(one_line(f"stagewatch: recorded to {record_path} — replay it: stagewatch replay "
-                                  f"{_shell_word(str(record_path))} (or stagewatch replay --last)") + "\n")
+                                  f"{_shell_word(str(record_path))}" + (" (or stagewatch replay --last)" if newest
+                                                                        else "")) + "\n")
     return app.return_code or 0
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from probes.diff import DiffError, RunDiff, diff_models, diff_rounds, load_run, render_markdown, render_text
-from probes.closecodes import close_sentence
 from probes.console import CONSOLE_ID, overridden
 from probes.matrix import run_matrix
 from probes.repro import repro_for
@@ -65,7 +64,7 @@ class ByHand:
         app = self.app
         folder = default_recordings_dir().parent / "reports"
         path = folder / time.strftime("%Y%m%d-%H%M%S-session.md")
-        text = write_markdown(app.state) + self._console_section()
+        text = write_markdown(app.state)
         try:
             folder.mkdir(parents=True, exist_ok=True)
             path.write_text(text, "utf-8")
@@ -73,30 +72,6 @@ class ByHand:
             app.notify(one_line(f"export: {exc}"), severity="warning", timeout=6, markup=False)
             return
         app.copy_text(text, f"the session's Markdown report (also in {path})")
-
-    def _console_section(self) -> str:
-        """The console's session in full: its stages and its frames (the last 200 shown), as Markdown."""
-        app = self.app
-        probe = app.state.probes.get(CONSOLE_ID)
-        if probe is None:
-            return ""
-        lines = ["", f"### Console session — {one_line(probe.name)}", "", "| stage | status | ms | detail |",
-                 "|---|---|---:|---|"]
-        for stage in probe.stages.values():
-            took = "" if stage.duration_ms is None else f"{stage.duration_ms:.1f}"
-            lines.append(f"| {stage.name} | {stage.status} | {took} | {_cell(stage.detail)} |")
-        buf = app.state.frames.get(CONSOLE_ID)
-        items = [] if buf is None else buf.items[-200:]
-        if items:
-            lines += ["", "| dir | +ms | bytes | frame |", "|---|---:|---:|---|"]
-            for frame in items:
-                data = frame.data if isinstance(frame.data, str) else f"<{len(frame.data)} bytes binary>"
-                lines.append(f"| {'↓' if frame.direction == 'in' else '↑'} | {frame.ms:.1f} | {frame.size} | "
-                             f"{_cell(data[:300])} |")
-        close = probe.close
-        if close is not None:
-            lines += ["", f"Close: {_cell(close_sentence(close.code, close.reason, close.by, close.after_ms))}"]
-        return "\n".join(lines) + "\n"
 
     def compare(self) -> None:
         """A watch: the round shown (or the newest) against the one before it. Otherwise: the newest other
@@ -146,7 +121,3 @@ class ByHand:
             return diff_models(a.model, b.model, wire_a=a.wire, wire_b=b.wire, side_a=a.side, side_b=b.side)
         return diff_models(a.model, app.state, wire_a=a.wire, side_a=a.side)
 
-
-def _cell(text: str) -> str:
-    """Outside text in a Markdown table cell: one line, control characters visible, no pipes or backticks."""
-    return one_line(text).replace("|", "\\|").replace("`", "'")

@@ -45,7 +45,8 @@ class ConsoleControl:
         await app.query_one("#top").mount(self.panel)
         self.panel.query_one(Composer).focus()
         self.console = Console(app.config, app.target, app.bus, app.clock, app.options)
-        if await self._call(self.console.open()) is not False:
+        alone = app.state.runs == 0 and not app.state.running  # nothing else ran: the session is the run
+        if await self._call(self.console.open(own_run=alone)) is not False:
             if not app.state.base_url:  # no queue ran yet: the header names the console's target
                 app.state.target, app.state.base_url = app.target.name, self.console.base_url
             app.user_pinned = True
@@ -78,12 +79,14 @@ class ConsoleControl:
         elif do.action == "send":
             if await self._call(console.send(do.data["text"])) is not False:
                 panel.sent(do.data["text"])
+                self._said(console)
         elif do.action == "ping":
-            rtt = await self._call(console.ping())
-            if isinstance(rtt, float):
-                self.app.notify(f"pong in {rtt:.1f} ms", timeout=3)
+            if await self._call(console.ping()) is not False:
+                self._said(console)
         elif do.action == "close":
-            await self._call(console.close(int(do.data["code"]), str(do.data["reason"]) or "stagewatch console"))
+            if await self._call(console.close(int(do.data["code"]),
+                                              str(do.data["reason"]) or "stagewatch console")) is not False:
+                self._said(console)
         elif do.action == "save":
             try:
                 path = save_message(do.data["text"])
@@ -99,8 +102,33 @@ class ConsoleControl:
         self.app.focus_probe_id(CONSOLE_ID)
         status = await self._call(self.console.connect(ov))
         self.app.focus_probe_id(CONSOLE_ID)
-        if isinstance(status, str) and status != "pass":
-            self._warn(f"the connection failed ({ov.words()}): see Stages, Close and Diagnosis")
+        if isinstance(status, str) and status != "pass" and self.console is not None and self.console.last:
+            name, _, detail = self.console.last
+            self._warn(f"{name} failed ({ov.words()}): {detail} — see Close and Diagnosis")
+        elif status == "pass":
+            self.app.notify(one_line(f"connected ({ov.words()})"), timeout=3, markup=False)
+
+    def _said(self, console: Console) -> None:
+        """The action's stage result as a toast: the Stages pane is where the composer is."""
+        if console.last is None:
+            return
+        name, status, detail = console.last
+        if status == "pass":
+            self.app.notify(one_line(f"{name}: {detail}"), timeout=3, markup=False)
+        else:
+            self.app.notify(one_line(f"{name} {status.upper()}: {detail}"), severity="warning", timeout=8,
+                            markup=False)
+
+    async def shutdown(self) -> None:
+        """Leaving the app: the session is closed (1001) and, when it was the run, ended, so the recording is
+        whole. Bounded by the engine's stop."""
+        console, self.console = self.console, None
+        if console is not None and self.app.engine is not None:
+            try:
+                await asyncio.wait_for(asyncio.wrap_future(self.app.engine.submit(console.shutdown())),
+                                       console.target.timeouts.close + 1.0)
+            except Exception:  # noqa: BLE001 - leaving anyway
+                pass
 
     async def _call(self, coro: Coroutine[Any, Any, T]) -> T | bool:
         """Run in the engine's loop (beside a queue run, never cancelling it); False when it could not."""

@@ -120,9 +120,9 @@ class ConsolePanel(Vertical):
             yield Select([(f"token: {k}", k) for k in TRANSPORTS], value="config", allow_blank=False,
                          id="console-transport", compact=True)
         with Horizontal(classes="console-row"):
-            yield Input(placeholder="headers: X-A: 1; -X-E2E-Test", id="console-headers", compact=True)
-            yield Input(placeholder="claims: sub=other exp=-60", id="console-claims", compact=True)
-            yield Input(placeholder="subprotocol", id="console-subprotocol", compact=True)
+            yield Input(placeholder="headers, e.g. X-A: 1; -X-E2E-Test", id="console-headers", compact=True)
+            yield Input(placeholder="claims, e.g. sub=other exp=-60", id="console-claims", compact=True)
+            yield Input(placeholder="extra subprotocol, e.g. chat.v2", id="console-subprotocol", compact=True)
         yield Composer(id="console-composer")
         with Horizontal(classes="console-row"):
             yield Button("Send ^s", id="console-send", variant="primary", compact=True)
