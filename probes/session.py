@@ -228,7 +228,11 @@ class Session:
             or (self.ws.failed_at if by == "client" else None) or time.monotonic()
         if by == "client" and rcvd is None and self.ws.failed_at is not None:
             waited = (self.ws.lost_at or time.monotonic()) - self.ws.failed_at
-            self.note = f"the server never answered our close: connection dropped {waited:.1f} s later"
+            if waited < 0.05:  # RFC 6455 §7.1.7: failing the connection closes TCP without awaiting the reply
+                self.note = "the client failed the connection and closed it at once, not waiting for the server's " \
+                            "reply (RFC 6455 §7.1.7)"
+            else:
+                self.note = f"the server never answered our close: connection dropped {waited:.1f} s later"
         info = describe(code)
         closed = Closed(self._clock(), self._probe_id, code, info.name, self._redact(reason), by,  # type: ignore[arg-type]
                         (at - self.opened_at) * 1000.0,
