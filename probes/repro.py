@@ -281,6 +281,9 @@ import ssl
 import sys
 import time
 import urllib.parse
+import warnings
+
+warnings.filterwarnings("ignore", module="jwt")  # a short staging key is the backend's choice, not this script's
 
 WS_URL = @WS_URL@
 HEADERS = @HEADERS@
@@ -294,6 +297,7 @@ TYPE_FIELD, READY, FINAL = @TYPE_FIELD@, @READY@, @FINAL@
 ERROR_TYPES = @ERROR_TYPES@
 MESSAGE = @MESSAGE@
 TIMEOUTS = @TIMEOUTS@  # seconds
+MAX_SIZE = @MAX_SIZE@  # bytes: a bigger frame fails the connection (1009), as in stagewatch
 VERIFY_TLS = @VERIFY_TLS@
 
 
@@ -340,7 +344,7 @@ async def main():
         tls.check_hostname, tls.verify_mode = False, ssl.CERT_NONE
     try:
         ws = await connect(url, additional_headers=headers, subprotocols=subprotocols or None, ssl=tls,
-                           open_timeout=TIMEOUTS["connect"], close_timeout=TIMEOUTS["close"], max_size=2**20)
+                           open_timeout=TIMEOUTS["connect"], close_timeout=TIMEOUTS["close"], max_size=MAX_SIZE)
     except InvalidStatus as exc:
         r = exc.response
         print("upgrade refused: HTTP %d %s instead of 101" % (r.status_code, r.reason_phrase))
@@ -374,10 +378,16 @@ async def main():
                     break
     except ConnectionClosed:
         pass
-    received = ws.protocol.close_rcvd
-    if not sent and (received is None or ws.protocol.close_rcvd_then_sent):
+    received, ours = ws.protocol.close_rcvd, ws.protocol.close_sent
+    if not sent and received is None and ours is not None and ours.code != 1000:
+        pass  # the client failed the connection (below), not the server
+    elif not sent and (received is None or ws.protocol.close_rcvd_then_sent):
         print("the server ended the connection before %s" % READY)
-    if received is None:
+    if received is None and ours is not None and ours.code != 1000:
+        print("close: %d %r — closed by client (it failed the connection: %s)" % (ours.code, ours.reason,
+                                                                                 "frame over max_size"
+                                                                                 if ours.code == 1009 else "see reason"))
+    elif received is None:
         print("close: 1006 (no close frame: the connection dropped)")
     else:
         by = "server" if ws.protocol.close_rcvd_then_sent else "client"
@@ -465,6 +475,7 @@ def python_script(target: ResolvedTarget, ws_url: str, *, token_command: str | N
         "@TIMEOUTS@": repr({"connect": target.timeouts.connect, "ready": target.timeouts.ready,
                             "agent": target.timeouts.agent, "close": target.timeouts.close}),
         "@VERIFY_TLS@": repr(target.verify_tls),
+        "@MAX_SIZE@": repr(p.max_frame_bytes),
         "@GET_TOKEN@": _get_token_body(target, f"export TOKEN=$({command})"),
     }
     return re.sub("|".join(re.escape(k) for k in values), lambda m: values[m.group()], _SCRIPT)
