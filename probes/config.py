@@ -31,8 +31,9 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 from yaml.error import Mark, MarkedYAMLError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from .durations import parse_duration
 from .sanitize import one_line
 
 SANDBOX = "sandbox"  # base_url value meaning: start the embedded sandbox
@@ -179,10 +180,21 @@ def _first_repeat(values: list[str]) -> int | None:
     return None
 
 
-StepKind = Literal["http", "auth", "connect", "expect", "send", "expect_events", "close"]
+StepKind = Literal["http", "auth", "connect", "expect", "send", "expect_events", "close", "hold"]
+
+
+def _seconds(value: Any) -> Any:
+    """A duration as the config may write it: 15, 15s, 500ms, 10m, 1h."""
+    if isinstance(value, str):
+        return parse_duration(value.strip())
+    return value
+
+
+Seconds = Annotated[float, BeforeValidator(_seconds)]
 
 
 class Step(_Model):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
     step: StepKind
     name: str
     # http
@@ -201,6 +213,13 @@ class Step(_Model):
     timeout: float | None = Field(None, gt=0)
     # watch: a pass slower than this is DEGRADED (default: watch.degraded_ms)
     degraded_ms: float | None = Field(None, gt=0)
+    # hold: K sessions kept open `for` a while, pinged every `heartbeat`, the message sent every `message_every`
+    sessions: int | None = Field(None, ge=1, le=50_000)
+    hold_for: Seconds | None = Field(None, alias="for", gt=0, le=7 * 86400)
+    heartbeat: Seconds | None = Field(None, gt=0)
+    message_every: Seconds | None = Field(None, gt=0)
+    reconnect: bool = False
+    stagger: Seconds | None = Field(None, ge=0)  # the opens spread over this long (default: one heartbeat, ≤ 10 s)
 
 
 class ProbeDef(_Model):

@@ -5,10 +5,10 @@ than one step kind does: obtaining a token and asking the header-echo endpoint w
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import httpx
 
@@ -184,3 +184,19 @@ def echoed_headers(value: Any) -> dict[str, Any] | None:
             v = None
         out[str(name).lower().replace("_", "-")] = v
     return out
+
+
+def credentials(run: RunContext, token: str, sends: Sequence[str]) -> tuple[str, dict[str, str], list[str]]:
+    """The WebSocket URL, headers and subprotocols that carry `token` the ways `sends` names (subprotocol, header,
+    query), with the protocol's own headers and extra subprotocols, as the connect step sends them."""
+    p = run.target.protocol
+    url = run.ws_url
+    headers = dict(p.headers)
+    subprotocols = list(p.extra_subprotocols)
+    if "header" in sends:
+        headers["Authorization"] = f"Bearer {token}"
+    if "subprotocol" in sends:
+        subprotocols.insert(0, authmod.subprotocol_for(token, p))
+    if "query" in sends:
+        url = urlunsplit(urlsplit(url)._replace(query=urlencode({p.query_param: token})))
+    return url, headers, subprotocols

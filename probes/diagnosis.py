@@ -19,6 +19,9 @@ from .config import Protocol, Timeouts
 from .events import Closed
 from .evidence import EchoCheck, StepEvidence
 from .frames import classify
+from . import holdrules
+from .holdfold import HoldFold
+from .holdrules import PROXY_TIMERS_S
 from .model import ProbeModel, StageModel
 from .net import server_date_skew
 from .steps.auth import AuthEvidence
@@ -32,12 +35,6 @@ E = TypeVar("E", bound=StepEvidence)
 AUTH_CLOSE_CODES = frozenset({1008, 4001, 4003, 4401, 4403})
 # Close codes whose own rule explains them (restart, too big, server error, not ready, protocol errors).
 SPECIFIC_CLOSE_CODES = frozenset({1001, 1002, 1003, 1007, 1009, 1010, 1011, 1012, 1013})
-PROXY_TIMERS_S = {30: "GCP load balancer backend timeout (30 s default)",
-                  60: "nginx proxy_read_timeout / AWS ALB idle timeout (60 s default)",
-                  100: "Cloudflare proxy read timeout (100 s)",
-                  300: "Cloud Run request timeout (300 s default)",
-                  600: "a 10-minute proxy or load balancer timeout",
-                  3600: "Cloud Run maximum request timeout (3600 s)"}
 SKEW_LIMIT_S = 60.0
 # How servers word "I got no credential" (as opposed to "your credential is bad").
 MISSING_CREDENTIAL_RE = re.compile(
@@ -508,7 +505,29 @@ class RuleRow:
     next_step: str
 
 
+def _held(rule: Callable[[HoldFold | None], list[str] | None]) -> Rule:
+    return lambda facts: rule(facts.probe.hold)
+
+
 RULES: tuple[RuleRow, ...] = (
+    RuleRow("reconnect-failing", _held(holdrules.reconnect_failing),
+            "held sessions could not come back: reconnects were refused after the rollout",
+            "check the new build's readiness and the load balancer's targets; the refusals' answers are above"),
+    RuleRow("stall", _held(holdrules.stall),
+            "pings went unanswered on open sockets: the server stopped answering without closing (a freeze)",
+            "look for a blocked event loop or a stuck worker on the backend at that time; a network drop would "
+            "have closed the socket"),
+    RuleRow("dropped-without-close", _held(holdrules.dropped_without_close),
+            "many sessions dropped at one moment with no close frame (1006): a proxy or load balancer reset, or "
+            "pods killed without draining",
+            "drain WebSockets before stopping pods (preStop hook, terminationGracePeriod) and check the proxy's "
+            "reload/reset at that moment"),
+    RuleRow("idle-timeout", _held(holdrules.idle_timeout),
+            "sessions ended at a fixed age: a proxy or load balancer timer, not the deploy",
+            "raise the proxy's idle/read timeout or send pings more often than it; the age above names the timer"),
+    RuleRow("drained-by-deploy", _held(holdrules.drained_by_deploy),
+            "the deploy drained the sessions cleanly (1001/1012) and they came back",
+            "expected during a rollout; check the reconnect times above and that no agent run was lost"),
     RuleRow("secret-missing", _secret_missing,
             "no token could be made or found: the secret or token environment variable is not set",
             "export the variable the config names (auth.secret_env / auth.token_env), or change auth.mode"),

@@ -134,6 +134,46 @@ class Closed(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class SessionChanged(Event):
+    """One held session (a `hold` stage) opened, ended or came back. `session`: its number (1..K); `at`: wall-clock
+    epoch seconds. An `ended` carries how (code, name, reason, who, age, the build health reported then, whether an
+    agent run was in flight); a `reopened` how long the way back took and on which build."""
+
+    probe_id: str
+    session: int
+    # failed: a (re)connect attempt was refused; closed: our own close when the hold is over (not a disruption)
+    change: Literal["opened", "ended", "reopened", "failed", "closed"]
+    at: float
+    code: int | None = None
+    name: str = ""
+    reason: str = ""
+    by: str = ""  # server | client | none (dropped)
+    age_s: float | None = None
+    build: str | None = None
+    run_lost: bool = False
+    reconnect_ms: float | None = None
+    detail: str = ""  # a failed attempt: why (HTTP 503, refused, timeout)
+    kind: ClassVar[str] = "session_changed"
+
+
+@dataclass(frozen=True, slots=True)
+class HoldTick(Event):
+    """Once a heartbeat while sessions are held: how many are open and what their pings said."""
+
+    probe_id: str
+    open: int
+    connecting: int
+    pings_sent: int  # since the hold started
+    pings_missed: int  # since the hold started: no pong before the next heartbeat
+    rtt_p50_ms: float | None
+    rtt_p95_ms: float | None
+    build: str | None
+    rtts: tuple[tuple[int, float], ...] = ()  # (session, rtt ms) answered since the last tick (at most 64)
+    stalled: tuple[int, ...] = ()  # sessions whose ping went unanswered this heartbeat while their socket is open
+    kind: ClassVar[str] = "hold_tick"
+
+
+@dataclass(frozen=True, slots=True)
 class Diagnosed(Event):
     probe_id: str
     diagnoses: tuple[dict[str, Any], ...]  # {code, summary, evidence, next_step}
@@ -172,10 +212,11 @@ AnyEvent = Event | Frame
 EVENT_TYPES: dict[str, type[Any]] = {
     "frame": Frame,
     **{cls.kind: cls for cls in (RunStarted, Queued, ProbeStarted, StageStarted, StageFinished, HttpExchange, WsOpened,
-                                 Closed, Diagnosed, ProbeFinished, RunFinished, Notice)},
+                                 Closed, SessionChanged, HoldTick, Diagnosed, ProbeFinished, RunFinished,
+                                 Notice)},
 }
 
-_TUPLE_FIELDS = {"probes", "stages", "diagnoses"}
+_TUPLE_FIELDS = {"probes", "stages", "diagnoses", "rtts", "stalled"}
 
 
 def _field_names(cls: type[Any]) -> tuple[str, ...]:

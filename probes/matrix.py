@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
@@ -27,7 +27,7 @@ from .bus import EventBus
 from .clock import Clock
 from .closecodes import label
 from .config import Config, ResolvedTarget
-from .context import ProbeContext, RunContext, StageFailed, echoed_headers
+from .context import credentials, ProbeContext, RunContext, StageFailed, echoed_headers
 from .events import Event, Frame
 from .frames import parse_json
 from .net import (BODY_KEEP, BodyTooLarge, HostNotAllowed, bounded_request, causes, http_error, is_loopback,
@@ -280,25 +280,10 @@ async def _matrix(run: RunContext) -> MatrixResult:
     return result
 
 
-def _credentials(run: RunContext, token: str, sends: tuple[str, ...]) -> tuple[str, dict[str, str], list[str]]:
-    """The URL, headers and subprotocols of one row, as the connect step would send them."""
-    p = run.target.protocol
-    url = run.ws_url
-    headers = dict(p.headers)
-    subprotocols = list(p.extra_subprotocols)
-    if "header" in sends:
-        headers["Authorization"] = f"Bearer {token}"
-    if "subprotocol" in sends:
-        subprotocols.insert(0, authmod.subprotocol_for(token, p))
-    if "query" in sends:
-        url = urlunsplit(urlsplit(url)._replace(query=urlencode({p.query_param: token})))
-    return url, headers, subprotocols
-
-
 async def _try(run: RunContext, token: str, name: str, sends: tuple[str, ...]) -> MatrixRow:
     """One connection within the target's timeouts (upgrade, ready frame, close), then the echo endpoint."""
     p, limits = run.target.protocol, run.target.timeouts
-    url, headers, subprotocols = _credentials(run, token, sends)
+    url, headers, subprotocols = credentials(run, token, sends)
     row = MatrixRow(name, sends, url=run.redactor.text(url), require_echo=p.require_subprotocol_echo)
     start = time.monotonic()
     try:

@@ -13,9 +13,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .events import (Closed, Diagnosed, Event, Frame, HttpExchange, Notice, ProbeFinished, ProbeStarted,
-                     Queued, RunFinished, RunStarted, StageFinished, StageStarted, WsOpened)
+from .events import (Closed, Diagnosed, Event, Frame, HoldTick, HttpExchange, Notice, ProbeFinished, ProbeStarted,
+                     Queued, SessionChanged, RunFinished, RunStarted, StageFinished, StageStarted, WsOpened)
 from .evidence import StepEvidence
+from .holdfold import HoldFold
 from .steps.auth import AuthEvidence
 from .steps.http import HttpEvidence
 from .watch import History
@@ -64,6 +65,7 @@ class ProbeModel:
     diagnoses: list[dict[str, Any]] = field(default_factory=list)
     last_frames: deque[Frame] = field(default_factory=lambda: deque(maxlen=KEEP_FRAMES))
     runs: int = 0
+    hold: HoldFold | None = None  # a `hold` stage's sessions (one row each) and its disruption summary
 
     # --- folding ------------------------------------------------------------------------------------------------
     def start(self, event: ProbeStarted) -> None:
@@ -73,6 +75,7 @@ class ProbeModel:
         self.started_t = event.t
         self.frames_in = self.frames_out = 0
         self.closes, self.opened, self.http, self.diagnoses = [], None, [], []
+        self.hold = None
         self.last_frames.clear()
         self.runs += 1
 
@@ -112,6 +115,10 @@ class ProbeModel:
             self.frames_in, self.frames_out = event.frames_in, event.frames_out
         elif isinstance(event, ProbeStarted):
             self.start(event)
+        elif isinstance(event, (SessionChanged, HoldTick)):
+            if self.hold is None:
+                self.hold = HoldFold()
+            self.hold.apply(event)
 
     def snapshot(self) -> ProbeModel:
         """A copy that later folding does not touch (a watch keeps each round's probes)."""

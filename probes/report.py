@@ -31,6 +31,8 @@ def probe_record(p: ProbeModel) -> dict[str, Any]:
                        "next_step": d.get("next_step", "")} for d in p.diagnoses],
         "frames_in": p.frames_in, "frames_out": p.frames_out,
         **(pytest_fields(p) or {}),
+        **({"sessions": {**p.hold.summary(), "diagnoses": [d["code"] for d in p.diagnoses]}}
+           if p.hold is not None else {}),
     }
 
 

@@ -70,7 +70,8 @@ class _Connect(connect):
 
 async def open_connection(url: str, *, subprotocols: list[str] | None, headers: dict[str, str], open_timeout: float,
                           close_timeout: float, max_size: int, verify_tls: bool,
-                          follow_redirects_to: frozenset[str] = frozenset()) -> TappedConnection:
+                          follow_redirects_to: frozenset[str] = frozenset(), ping_interval: float | None = 20.0,
+                          lean: bool = False) -> TappedConnection:
     """The upgrade, bounded by `open_timeout`; websockets' own exceptions (InvalidStatus…) reach the caller.
     A redirect is not followed unless `follow_redirects_to` names the host it points to."""
     kwargs: dict[str, Any] = {}
@@ -81,13 +82,39 @@ async def open_connection(url: str, *, subprotocols: list[str] | None, headers: 
         kwargs["ssl"] = insecure
     if is_loopback(urlsplit(url).hostname):
         kwargs["proxy"] = None
+    if lean:  # many held sessions: no compression state, small buffers (an idle session costs little)
+        kwargs.update(compression=None, max_queue=4, write_limit=4096)
     opening = _Connect(url, subprotocols=subprotocols or None,  # type: ignore[arg-type]
                        additional_headers=headers, open_timeout=open_timeout, close_timeout=close_timeout,
-                       max_size=max_size, create_connection=TappedConnection, **kwargs)
+                       max_size=max_size, create_connection=TappedConnection, ping_interval=ping_interval,
+                       **kwargs)
     opening.follow_to = follow_redirects_to
     ws = await opening
     assert isinstance(ws, TappedConnection)
     return ws
+
+
+def close_facts(ws: TappedConnection) -> tuple[int, str, str, float]:
+    """How a connection ended, from websockets' close frames: code (1006 when none came), reason, who closed
+    first (server, client, or none: dropped) and when on the wire (monotonic: the peer's close frame or the drop
+    as read, not when somebody noticed)."""
+    proto = ws.protocol
+    rcvd, sent = proto.close_rcvd, proto.close_sent
+    if rcvd is not None:
+        code, reason = rcvd.code, rcvd.reason
+    elif sent is not None and sent.code != 1000:  # we ended it for a reason (e.g. 1009 frame too big)
+        code, reason = sent.code, sent.reason or ""
+    else:
+        code, reason = 1006, ""
+    if proto.close_rcvd_then_sent is True or (rcvd is not None and sent is None):
+        by = "server"
+    elif proto.close_rcvd_then_sent is False or (sent is not None and rcvd is None):
+        by = "client"
+    else:
+        by = "none"
+    at = (ws.close_frame_at if by == "server" else None) or (ws.lost_at if by == "none" else None) \
+        or (ws.failed_at if by == "client" else None) or time.monotonic()
+    return code, reason, by, at
 
 
 class Session:
@@ -209,23 +236,8 @@ class Session:
         """How the connection ended, from websockets' close frames (published once)."""
         if self.closed is not None:
             return self.closed
-        proto = self.ws.protocol
-        rcvd, sent = proto.close_rcvd, proto.close_sent
-        if rcvd is not None:
-            code, reason = rcvd.code, rcvd.reason
-        elif sent is not None and sent.code != 1000:  # we ended it for a reason (e.g. 1009 frame too big)
-            code, reason = sent.code, sent.reason or ""
-        else:
-            code, reason = 1006, ""
-        if proto.close_rcvd_then_sent is True or (rcvd is not None and sent is None):
-            by = "server"
-        elif proto.close_rcvd_then_sent is False or (sent is not None and rcvd is None):
-            by = "client"
-        else:
-            by = "none"
-        # When it happened on the wire: the peer's close frame (or the drop) as read, not when a stage noticed.
-        at = (self.ws.close_frame_at if by == "server" else None) or (self.ws.lost_at if by == "none" else None) \
-            or (self.ws.failed_at if by == "client" else None) or time.monotonic()
+        code, reason, by, at = close_facts(self.ws)
+        rcvd, sent = self.ws.protocol.close_rcvd, self.ws.protocol.close_sent
         if by == "client" and rcvd is None and self.ws.failed_at is not None:
             waited = (self.ws.lost_at or time.monotonic()) - self.ws.failed_at
             if waited < 0.05:  # RFC 6455 §7.1.7: failing the connection closes TCP without awaiting the reply

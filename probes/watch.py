@@ -14,11 +14,12 @@ summaries for the last `keep_summaries`, and capped lists of flips, outages, bui
 from __future__ import annotations
 
 import math
-import re
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+
 
 if TYPE_CHECKING:
     from .model import ProbeModel
@@ -132,18 +133,6 @@ class Change:
             return self.tail
         names = ", ".join(self.probes[:3]) + (f" +{len(self.probes) - 3}" if len(self.probes) > 3 else "")
         return f"{names} {self.tail}"
-
-
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-
-
-def parse_duration(text: str) -> float:
-    """'10s', '2' (seconds), '500ms', '1.5m', '2h' -> seconds; ValueError with one line otherwise."""
-    m = _DURATION_RE.match(text)
-    if m is None:
-        raise ValueError(f"{text!r} is not a duration (say 10s, 500ms, 2m or 1h; a bare number is seconds)")
-    return float(m.group(1)) * _UNIT_S[m.group(2)]
 
 
 def iso(wall: float | None) -> str | None:

@@ -55,7 +55,7 @@ CASES: dict[str, tuple[Callable[[], str], str]] = {
     "unknown probe step": (
         edit("{step: http, name: health}\n\n", "{step: htp, name: health}\n\n"),
         (f":{line_of('{step: http, name: health}')}: probes.0.steps.0.step: must be one of 'http', 'auth', "
-         "'connect', 'expect', 'send', 'expect_events' or 'close' (got 'htp')")),
+         "'connect', 'expect', 'send', 'expect_events', 'close' or 'hold' (got 'htp')")),
     "bad auth mode": (
         edit("  mode: mint", "  mode: magic"),
         (f":{line_of('  mode: mint')}: auth.mode: must be one of 'mint', 'env', 'endpoint' or 'none' "

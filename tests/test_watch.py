@@ -26,7 +26,8 @@ from probes.runner import RunOptions, run_queue
 from probes.sandbox import Sandbox, SandboxOptions
 from probes.sandbox.deploy import parse_deploy
 from probes.steps.http import HttpEvidence
-from probes.watch import History, parse_duration
+from probes.durations import parse_duration
+from probes.watch import History
 
 WALL = 1_780_000_000.0
 

@@ -31,7 +31,7 @@ DEMO_WATCH_S = 2.0  # `demo --deploy` watches this often unless --watch says oth
 
 def _watch_interval(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
     """--watch DURATION ('10s', '1m', '500ms'; a bare number is seconds) -> seconds; a bad one is a usage error."""
-    from probes.watch import parse_duration
+    from probes.durations import parse_duration
 
     if value is None:
         return None

@@ -25,7 +25,7 @@ from probes.recording import default_recording_path
 from probes.safety import looks_like_production
 from probes.sanitize import one_line
 from probes.sandbox import FAULTS
-from probes.watch import parse_duration
+from probes.durations import parse_duration
 
 FAULT_CHOICE = click.Choice(list(FAULTS))
 

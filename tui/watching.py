@@ -35,7 +35,7 @@ def interval_words(seconds: float) -> str:
 
 
 def duration_text(seconds: float) -> str:
-    """What `probes.watch.parse_duration` reads back: '500ms', '10s', '2m', '90s'."""
+    """What `probes.durations.parse_duration` reads back: '500ms', '10s', '2m', '90s'."""
     if seconds < 1:
         return f"{seconds * 1000:g}ms"
     if seconds >= 60 and seconds % 60 == 0:

@@ -12,7 +12,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Static
 
 from probes.sanitize import one_line
-from probes.watch import parse_duration
+from probes.durations import parse_duration
 from tui.watching import PRESETS, duration_text
 
 MIN_INTERVAL_S = 0.1
