@@ -64,6 +64,7 @@ from tui.widgets.history import flips_toast, summary_only
 from tui.widgets.interval import IntervalScreen
 from tui.widgets.latency import LatencyPane
 from tui.widgets.queue import QueuePane
+from tui.widgets.sessions import SessionsPane
 from tui.widgets.stages import StagePane
 from tui.widgets.timeline import TimelinePane, wall_clock
 
@@ -175,6 +176,7 @@ class StagewatchApp(App[int]):
         self._shown_probe: tuple[str | None, int, int | None] | None = None  # (probe, its runs, round picked)
         self._scrolled_to: tuple[str | None, int, int | None] | None = None
         self._queue_frames_at = 0.0
+        self._sessions_at = 0.0
         self._frames_at = 0.0
         self._detail_at = 0.0
         self.player = Player(replay.events, self._ingest, speed=speed, paused=paused) if replay is not None else None
@@ -205,6 +207,7 @@ class StagewatchApp(App[int]):
                 yield Input(placeholder="filter: text, type:NAME, in/out, !inverts — enter keeps, esc clears",
                             id="filter")
                 yield FrameList(id="frames")
+            yield SessionsPane(id="sessions", classes="pane")
             yield FrameDetail(id="detail")
             yield TimelinePane(id="timeline", classes="pane")
             yield LatencyPane(id="latency", classes="pane")
@@ -231,6 +234,8 @@ class StagewatchApp(App[int]):
         self.query_one("#timeline").border_title = "Timeline"
         self.query_one("#latency").border_title = "Latency"
         self.query_one("#filter", Input).display = False
+        self.query_one("#sessions").border_title = "Sessions"
+        self.query_one("#sessions").display = False
         for box in self.query(".pane"):
             box.can_focus = False  # tab moves between the queue, the frames and the frame detail
         self.on_resize()
@@ -307,6 +312,7 @@ class StagewatchApp(App[int]):
                 self.query_one("#queue", QueuePane).sync(self.state, changed)
             self._auto_focus()
             self._render_focused(changed)
+            self._render_sessions(changed)
             if self.watch_view and ("history" in changed or self.focus_probe in changed):
                 self._render_watch()
             now = time.monotonic()
@@ -315,6 +321,25 @@ class StagewatchApp(App[int]):
                 self._frames_at = now
                 if self._render_frames() or changed or self.info.mode == "replay":
                     self._render_header()
+
+    def _render_sessions(self, changed: set[str]) -> None:
+        """A probe that holds sessions shows them in place of its frames (at most twice a second)."""
+        probe, _words = self._shown_model()
+        fold = probe.hold if probe is not None else None
+        pane = self.query_one("#sessions", SessionsPane)
+        want = fold is not None
+        if pane.display != want:
+            pane.display = want
+            self.query_one("#frames-box").display = not want
+            self._sessions_at = 0.0
+        if not want:
+            return
+        now = time.monotonic()
+        if now - self._sessions_at < 0.5 and self.focus_probe not in changed:
+            return
+        self._sessions_at = now
+        assert probe is not None
+        pane.show(fold, probe.diagnoses, self.now())
 
     def _auto_focus(self) -> None:
         """Follow the running probe; stop on the run's first failure; at the end show the golden path."""
