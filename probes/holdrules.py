@@ -65,8 +65,8 @@ def dropped_without_close(fold: HoldFold | None) -> list[str] | None:
             start += 1
         if end - start + 1 > len(best):
             best = drops[start:end + 1]
-    if len(best) < 2 or _fixed_age(best):
-        return None
+    if len(best) < 2 or len(best) * 2 < len(_far(fold)) or _fixed_age(best):
+        return None  # a few drops among clean closes are the drain's (drained-by-deploy says so)
     return [f"{len(best)} sessions dropped with no close frame (1006) within {best[-1].at - best[0].at:.1f} s "
             f"at {_clock(best[0].at)}", f"ages {min(e.age_s or 0 for e in best):.1f}–"
             f"{max(e.age_s or 0 for e in best):.1f} s: not a timer, one moment",
@@ -114,6 +114,9 @@ def drained_by_deploy(fold: HoldFold | None) -> list[str] | None:
     builds = ", ".join(f"{b} ×{n}" for b, n in fold.reopened_builds.most_common(2))
     lines = [f"{fold.by_code_words()} within {window:.1f} s from {_clock(min(e.at for e in clean))}",
              f"build at the closes: {clean[0].build or '?'}"]
+    drops = len(ends) - len(clean)
+    if drops:
+        lines.append(f"{drops} of them dropped with no close frame (1006): killed before they could close cleanly")
     if s["reconnects"]:
         lines.append(f"{s['reconnects']} came back: p50 {back['p50']:.0f} ms, p95 {back['p95']:.0f} ms, max "
                      f"{back['max']:.0f} ms; on {builds}")
