@@ -131,6 +131,10 @@ class _Holder:
 
     # --- the hold ---------------------------------------------------------------------------------------------
     async def run(self) -> None:
+        try:  # a token must be had before anything opens: a missing secret is the stage's failure, not K
+            await self._token()
+        except ConnectionError as exc:
+            raise StageFailed(str(exc).removeprefix("no token: ")) from None
         await self._poll_build()
         spacing = self.stagger / self.k if self.k > 1 else 0.0
         for n in range(1, self.k + 1):
@@ -244,8 +248,8 @@ class _Holder:
         if a.mode == "mint" or self.token is None:  # minted: fresh per connection; else fetched once
             try:
                 self.token = await self.ctx.obtain_token(self.ctx.timeouts.connect)
-            except authmod.AuthError as exc:
-                raise StageFailed(str(exc)) from None
+            except authmod.AuthError as exc:  # e.g. a restarting local sandbox has no key file yet: retried
+                raise ConnectionError(f"no token: {exc}") from None
         return self.token
 
     async def _open(self, n: int, *, delay: float = 0.0, first: bool = False, since: float | None = None,
@@ -357,6 +361,8 @@ def _why(exc: BaseException, ready: str) -> str:
         return f"handshake: {exc}"[:120]
     if isinstance(exc, ConnectionError) and "ready frame" in str(exc):
         return f"closed before {ready}"
+    if isinstance(exc, ConnectionError) and str(exc).startswith("no token"):
+        return str(exc)[:160]
     if isinstance(exc, OSError):
         return os_error(exc)[1][:120]
     return f"{type(exc).__name__}: {exc}"[:120]
