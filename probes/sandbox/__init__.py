@@ -2,6 +2,6 @@
 
 from .deploy import DeployStep, parse_deploy
 from .faults import FAULTS
-from .server import SANDBOX_BUILD, Sandbox, SandboxOptions
+from .server import SANDBOX_BUILD, Rollout, Sandbox, SandboxOptions
 
-__all__ = ["FAULTS", "SANDBOX_BUILD", "DeployStep", "Sandbox", "SandboxOptions", "parse_deploy"]
+__all__ = ["FAULTS", "SANDBOX_BUILD", "DeployStep", "Rollout", "Sandbox", "SandboxOptions", "parse_deploy"]

@@ -29,6 +29,13 @@ FAULTS: dict[str, str] = {
     "silent": "accepts the upgrade and never sends a frame",
     "flood": "answers a message with N filler frames (--flood N, default 10000) before the agent events",
     "huge-frame": "answers a message with one 10 MB frame (over the client's 1 MiB max_size: 1009)",
+    "rolling-restart": "2 s after start, a rolling restart: from then on every request answers 503; the open sessions "
+                       "are closed one by one in open order over 2 s, every 10th dropped with no close frame (1006), "
+                       "the rest 1012 'service restart'; 1 s after that window a new build answers",
+    "idle-timeout": "every session ends 3 s after its accept whatever its traffic (pings included), TCP dropped "
+                    "with no close frame (1006): a proxy's max connection age",
 }
 
 DEFAULT_FLOOD = 10_000
+ROLLING_RESTART = "rolling-restart"  # timings and counts: SandboxOptions (drain_s, drop_every, refuse_s, rolling_at)
+IDLE_TIMEOUT = "idle-timeout"  # SandboxOptions.idle_after_s, idle_close_code

@@ -5,6 +5,26 @@ It validates the JWT (HS256) with its own secret (carried as `Authorization: Bea
 `connection_established`, answers each user message with the five agent events and a response, and closes 1000
 when the client does. It listens on loopback only. Given a deploy script (`deploy.py`) it plays it from its start:
 fault and build switched in place, the listener stopped and started again on the same port.
+
+For probes that hold sessions open it plays two more things, deterministically (`rolling_restart()` and the faults
+`rolling-restart` and `idle-timeout`, below), counts what is open (`open_sessions`) and holds thousands of idle
+sessions cheaply: a session costs its handler awaiting the next message (websockets answers pings itself; the
+server never pings; with `compression=False`, or a client that offers none, about 15 KB each, 50 KB with
+permessage-deflate), and the listen backlog takes a burst of thousands of connects.
+
+A rolling restart (the rollout): K sessions are open when it begins. From that moment every request and upgrade
+is answered 503 (the pod is out of the load balancer), and the sessions are closed one by one in the order they
+were opened, session i of K at `i-1`/K of the drain window `drain_s`: every `drop_every`-th (ranks 10, 20, … by
+default) is dropped (TCP aborted, no close frame: 1006 on the client, as a killed pod), the others get a close
+frame `drain_code` (1012 'service restart' or 1001 'going away'). So floor(K/drop_every) are dropped and the rest
+closed cleanly; a session that ended on its own before its turn is skipped (its rank still counts). The 503s go on
+`refuse_s` after the drain window, then the new build answers (health, and `server_build` in
+`connection_established`). A session whose upgrade passed just before the drain began is closed with
+`drain_code` as soon as it opens. The fault `rolling-restart` plays one `rolling_at` seconds after the start (then
+every `rolling_every` seconds after the last one ended, when set); a deploy's `rolling` step plays one at its offset.
+
+The fault `idle-timeout` ends every session at its age `idle_after_s` (from its accept, a timer per session, not a
+task), whatever its traffic: TCP dropped with no close frame, or a close frame `idle_close_code` when set.
 """
 
 from __future__ import annotations
@@ -12,11 +32,12 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import math
 import re
 import secrets
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
@@ -27,11 +48,12 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 from ..auth import token_from_subprotocol
 from ..redact import redact_token
 from .deploy import DeployStep
-from .faults import DEFAULT_FLOOD, FAULTS
+from .faults import DEFAULT_FLOOD, FAULTS, IDLE_TIMEOUT, ROLLING_RESTART
 
 SANDBOX_BUILD = "2026.11.25-sandbox"
 STALE_BUILD = "2026.10.02-stale"
@@ -43,10 +65,16 @@ QUERY_PARAM = "token"  # the protocol's default query_param
 # What a header-stripping proxy in front of the backend removes, per fault.
 STRIPPED = {"strip-auth": frozenset({"authorization", "sec-websocket-protocol"}),
             "strip-auth-header": frozenset({"authorization"})}
+DRAIN_REASONS = {1012: "service restart", 1001: "going away"}  # a rollout's clean close, per drain_code
+IDLE_REASON = "max connection age"  # idle-timeout with idle_close_code: the close frame's reason
+BACKLOG = 4096  # the listen backlog (asyncio's default 100 refuses a burst of thousands of connects)
 
 
 @dataclass
 class SandboxOptions:
+    """What the sandbox serves. The rollout's and idle-timeout's knobs are read when they act, so a test may set
+    them on a running sandbox's `options`."""
+
     fault: str = "none"
     flood: int = DEFAULT_FLOOD
     delay: float = 35.0  # slow-agent: seconds between agent events
@@ -56,20 +84,78 @@ class SandboxOptions:
     ws_path: str = "/ws"
     build: str | None = None  # what health reports (default: SANDBOX_BUILD; version-mismatch: STALE_BUILD)
     deploy: list[DeployStep] | None = None  # a script played from the start (deploy.parse_deploy)
+    compression: bool = True  # permessage-deflate when offered; off, a held session costs ~15 KB instead of ~50
+    # A rollout (rolling_restart(), a deploy's `rolling` step, the rolling-restart fault):
+    drain_s: float = 2.0  # the window over which the open sessions are closed, in the order they were opened
+    drop_every: int = 10  # every N-th open session (by open order, 1-based) is dropped, no close frame; 0: none
+    drain_code: int = 1012  # the others' close: 1012 'service restart' or 1001 'going away'
+    refuse_s: float = 1.0  # after the drain window, upgrades and health still answer 503 this long
+    rolling_at: float = 2.0  # the rolling-restart fault: seconds from its start (or switch) to its rollout
+    rolling_every: float | None = None  # the fault: seconds from a rollout's end to the next (None: just one)
+    rolling_build: str | None = None  # the fault's new build (default: the build served + "+r<n>", n = rollout)
+    # The idle-timeout fault:
+    idle_after_s: float = 3.0  # every session ends at this age (since its accept), whatever its traffic
+    idle_close_code: int | None = None  # None: TCP dropped, no close frame (1006); else a close frame with it
 
     def __post_init__(self) -> None:
         if self.fault not in FAULTS:
             raise ValueError(f"unknown fault {self.fault!r} (faults: {', '.join(FAULTS)})")
+        if self.drain_code not in DRAIN_REASONS:
+            raise ValueError(f"drain_code {self.drain_code} (1012 or 1001)")
+        if self.idle_close_code is not None and not _sendable(self.idle_close_code):
+            raise ValueError(f"idle_close_code {self.idle_close_code} cannot be sent in a close frame")
+        if min(self.drain_s, self.refuse_s, self.rolling_at) < 0 or self.drop_every < 0:
+            raise ValueError("drain_s, refuse_s, rolling_at and drop_every are never negative")
+        if self.idle_after_s <= 0 or (self.rolling_every is not None and self.rolling_every <= 0):
+            raise ValueError("idle_after_s and rolling_every are positive")
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """One rolling restart as played. Times are the event loop's clock (`loop.time()`, monotonic seconds)."""
+
+    number: int  # 1-based: the sandbox's rollouts so far
+    build_before: str  # what health reported before it
+    build: str  # what answers after it
+    sessions: int  # K: open when the drain began
+    dropped: int  # TCP aborted, no close frame
+    closed: int  # a close frame with drain_code
+    skipped: int  # ended on their own before their turn
+    code: int  # the drain_code used
+    started: float  # the drain began (503s from here)
+    drained: float  # the drain window ended (started + drain_s)
+    ended: float  # the new build answers (drained + refuse_s, or later if the loop was late)
+
+
+@dataclass
+class _Drain:
+    """A rollout under way: the sessions it closes, in open order, and when it began."""
+
+    sessions: list[ServerConnection]
+    started: float
+    build_before: str
 
 
 StepCallback = Callable[[DeployStep], None]
+RolloutCallback = Callable[["Rollout"], None]
+
+
+def _sendable(code: int) -> bool:
+    """Whether a close frame may carry `code` (RFC 6455 7.4: not 1004-1006 nor 1015; 3000-4999 are free)."""
+    return (1000 <= code <= 1014 and code not in (1004, 1005, 1006)) or 3000 <= code <= 4999
 
 
 class Sandbox:
     """`async with Sandbox(SandboxOptions(fault=...)) as sb:` then use `sb.base_url`.
 
     With `options.deploy`, the script plays from `start()`: after each step `phase` names it, `on_step` callbacks
-    are called with it, and `await wait_step(n)` returns once step n has been applied.
+    are called with it, and `await wait_step(n)` returns once step n has been applied (a `rolling` step: once its
+    rollout has begun; the next step waits for its end).
+
+    Counters: `connections` (handlers run), `messages`, `open_sessions` (now), `rollouts` (completed; the last
+    one's numbers in `last_rollout`, each passed to the `on_rollout` callbacks as it ends), `idle_closed` (sessions the idle-timeout fault ended). `rollout_phase` is
+    "draining", "restarting" or None; `await wait_for(predicate)` re-checks a condition on every step, rollout
+    phase and rollout end.
     """
 
     def __init__(self, options: SandboxOptions | None = None, host: str = "127.0.0.1", port: int = 0,
@@ -90,6 +176,18 @@ class Sandbox:
         self._player: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
         self.deploy_error: str | None = None  # why the step applied last could not listen again
+        self._sessions: dict[ServerConnection, None] = {}  # open sessions, in the order they were opened
+        self.rollouts = 0  # completed rolling restarts
+        self.last_rollout: Rollout | None = None
+        self.on_rollout: list[RolloutCallback] = []  # called with each rollout once it has ended
+        self.idle_closed = 0  # sessions the idle-timeout fault ended
+        self.rollout_phase: str | None = None  # "draining", "restarting" or None
+        self._refuse_until = 0.0  # loop time the rollout's 503s end (for Retry-After)
+        self._rolling_lock = asyncio.Lock()  # rollouts never overlap
+        self._mode: asyncio.Task[None] | None = None  # the rolling-restart fault's schedule
+        self._mode_rolling = False  # that schedule is in a rollout (not asleep)
+        self._tasks: set[asyncio.Task[Any]] = set()  # closes and rollouts under way
+        self._loop: asyncio.AbstractEventLoop | None = None  # set by start()
 
     @property
     def fault(self) -> str:
@@ -100,20 +198,27 @@ class Sandbox:
         return bool(self.options.deploy)
 
     @property
+    def open_sessions(self) -> int:
+        """WebSocket sessions open now (their handlers running)."""
+        return len(self._sessions)
+
+    @property
     def listening(self) -> bool:
         return self._server is not None
 
     @property
     def phase(self) -> str:
         """What the sandbox serves now, one line: the deploy step applied last, or its fault."""
+        rolling = f" · rolling restart: {self.rollout_phase}" if self.rollout_phase else ""
         if self.step is not None:
-            return self.step.describe() + (f" ({self.deploy_error})" if self.deploy_error else "")
-        return f"fault {self.fault}" + (" (deploy not started)" if self.plays_deploy else "")
+            return self.step.describe() + (f" ({self.deploy_error})" if self.deploy_error else "") + rolling
+        return f"fault {self.fault}" + (" (deploy not started)" if self.plays_deploy else "") + rolling
 
     @property
     def release_build(self) -> str | None:
-        """The build a probe should expect; None while a deploy plays (builds change by design)."""
-        if self.plays_deploy:
+        """The build a probe should expect; None while a deploy or rolling restarts play (builds change by
+        design)."""
+        if self.plays_deploy or self.options.fault == ROLLING_RESTART:
             return None
         return self.options.build or SANDBOX_BUILD
 
@@ -133,11 +238,16 @@ class Sandbox:
         return self._build or self.options.build or SANDBOX_BUILD
 
     def switch(self, fault: str | None = None, build: str | None = None) -> None:
-        """Serve `fault` and/or report `build` from now on (new connections; open ones keep their fault)."""
+        """Serve `fault` and/or report `build` from now on (new connections; open ones keep their fault). Switching
+        rolling-restart on starts its schedule (a rollout `rolling_at` s later); switching it off ends it (after the
+        rollout under way, if any)."""
         if fault is not None:
             if fault not in FAULTS:
                 raise ValueError(f"unknown fault {fault!r} (faults: {', '.join(FAULTS)})")
+            changed = fault != self.fault
             self._fault = fault
+            if changed:
+                self._schedule_rolling()
         if build is not None:
             self._build = build
 
@@ -146,13 +256,16 @@ class Sandbox:
         if self.plays_deploy:  # a deploy plays from the start again
             self._fault = self._build = self.step = self.deploy_error = None
             self.applied = 0
-        started = asyncio.get_running_loop().time()
+        self._loop = asyncio.get_running_loop()
+        started = self._loop.time()
         await self._listen()
         steps = list(self.options.deploy or ())
-        while steps and steps[0].offset <= 0:  # what it serves from the start is in place when start() returns
+        # What it serves from the start is in place when start() returns (a rollout at 0s: the player's).
+        while steps and steps[0].offset <= 0 and not steps[0].rolling:
             await self._apply(steps.pop(0))
         if steps:
             self._player = asyncio.create_task(self._play(steps, started))
+        self._schedule_rolling()
         return self
 
     async def _listen(self) -> None:
@@ -161,8 +274,10 @@ class Sandbox:
             process_request=self._process_request,
             select_subprotocol=self._select_subprotocol,
             server_header="stagewatch-sandbox",
+            compression="deflate" if self.options.compression else None,
             max_size=2**20,
-            ping_interval=None,
+            ping_interval=None,  # the server never pings: a held session costs nothing between the client's pings
+            backlog=BACKLOG,
         )
         sock = next(iter(self._server.sockets))
         self.port = sock.getsockname()[1]  # port 0 asked: the one given; later listens reuse it
@@ -182,22 +297,37 @@ class Sandbox:
         await server.wait_closed()
 
     async def stop(self) -> None:
-        if self._player is not None:
-            self._player.cancel()
-            try:
-                await self._player
-            except asyncio.CancelledError:
-                pass
-            self._player = None
-        await self._unlisten()
+        tasks = [t for t in (self._player, self._mode, *self._tasks) if t is not None and not t.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._player = self._mode = None
+        await self._unlisten(1001, "server shutting down")  # a graceful stop (SIGTERM): Going Away, not 1011
+        self._loop = None
         self._stopped.set()
 
     async def wait_step(self, index: int) -> DeployStep:
         """Wait until deploy step `index` (1-based) has been applied; returns the step applied last."""
-        async with self._stepped:
-            await self._stepped.wait_for(lambda: self.applied >= index)
+        await self.wait_for(lambda: self.applied >= index)
         assert self.step is not None
         return self.step
+
+    async def wait_rollout(self, number: int = 1) -> Rollout:
+        """Wait until `number` rollouts have completed; returns the last one."""
+        await self.wait_for(lambda: self.rollouts >= number)
+        assert self.last_rollout is not None
+        return self.last_rollout
+
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        """Wait until `predicate()` holds, re-checked after every deploy step, rollout phase and rollout (no
+        deadline here: wrap it in `asyncio.wait_for`)."""
+        async with self._stepped:
+            await self._stepped.wait_for(predicate)
+
+    async def _changed(self) -> None:
+        async with self._stepped:
+            self._stepped.notify_all()
 
     async def _play(self, steps: list[DeployStep], started: float) -> None:
         """The deploy: each step at its offset from `started` (loop time)."""
@@ -209,6 +339,13 @@ class Sandbox:
             await self._apply(step)
 
     async def _apply(self, step: DeployStep) -> None:
+        if step.rolling:  # applied once the rollout began; the player goes on when it has ended
+            async with self._rolling_lock:
+                drain = await self._begin_rollout()
+                self.deploy_error = None
+                await self._applied(step)
+                await self._finish_rollout(drain, step.build)
+            return
         self.switch(fault=step.fault, build=step.build)
         self.deploy_error = None
         if not step.listening:
@@ -218,12 +355,108 @@ class Sandbox:
                 await self._listen()
             except OSError as exc:  # the port was taken meanwhile: down until a later step listens again
                 self.deploy_error = f"cannot listen again on {self.host}:{self.port}: {exc.strerror or exc}"
+        await self._applied(step)
+
+    async def _applied(self, step: DeployStep) -> None:
         self.step = step
         self.applied += 1
         for callback in self.on_step:
             callback(step)
-        async with self._stepped:
-            self._stepped.notify_all()
+        await self._changed()
+
+    # --- rolling restart and idle timeout -----------------------------------------------------------------
+    async def rolling_restart(self, build: str | None = None) -> Rollout:
+        """Play one rollout now (see the module's docstring) and return it once `build` answers (None: the build
+        stays). A rollout under way is finished first: rollouts never overlap."""
+        async with self._rolling_lock:
+            return await self._finish_rollout(await self._begin_rollout(), build)
+
+    async def _begin_rollout(self) -> _Drain:
+        """503s from now; the sessions open now are the ones drained."""
+        loop = asyncio.get_running_loop()
+        drain = _Drain(list(self._sessions), loop.time(), self.build)
+        self.rollout_phase = "draining"
+        self._refuse_until = drain.started + self.options.drain_s + self.options.refuse_s
+        await self._changed()
+        return drain
+
+    async def _finish_rollout(self, drain: _Drain, build: str | None) -> Rollout:
+        loop = asyncio.get_running_loop()
+        opts = self.options
+        code, every, count = opts.drain_code, opts.drop_every, len(drain.sessions)
+        dropped = closed = skipped = 0
+        try:
+            for rank, ws in enumerate(drain.sessions, start=1):
+                await _sleep_until(loop, drain.started + opts.drain_s * (rank - 1) / count)
+                if ws.state is not State.OPEN:
+                    skipped += 1
+                elif every and rank % every == 0:
+                    ws.transport.abort()  # a killed pod: no close frame
+                    dropped += 1
+                else:
+                    self._spawn(ws.close(code, DRAIN_REASONS[code]))
+                    closed += 1
+            drained = drain.started + opts.drain_s
+            await _sleep_until(loop, drained)
+            self.rollout_phase = "restarting"
+            await self._changed()
+            await _sleep_until(loop, drained + opts.refuse_s)
+            if build is not None:
+                self._build = build
+        finally:
+            self.rollout_phase = None
+        self.rollouts += 1
+        self.last_rollout = Rollout(self.rollouts, drain.build_before, self.build, count, dropped, closed, skipped,
+                                    code, drain.started, drained, loop.time())
+        for callback in self.on_rollout:
+            callback(self.last_rollout)
+        await self._changed()
+        return self.last_rollout
+
+    def _schedule_rolling(self) -> None:
+        """Match the rolling-restart fault's schedule to the fault served now (a sleeping schedule restarts)."""
+        if self._mode is not None and not self._mode.done() and not self._mode_rolling:
+            self._mode.cancel()
+            self._mode = None
+        if self.fault == ROLLING_RESTART and self._loop is not None and (self._mode is None or self._mode.done()):
+            self._mode = self._loop.create_task(self._rolling_mode())
+
+    async def _rolling_mode(self) -> None:
+        """The rolling-restart fault: a rollout `rolling_at` s after it was switched on, then (with
+        `rolling_every`) one that long after each rollout's end, while the fault is served."""
+        delay = self.options.rolling_at
+        while True:
+            await asyncio.sleep(delay)
+            if self.fault != ROLLING_RESTART:
+                return
+            self._mode_rolling = True
+            try:
+                async with self._rolling_lock:
+                    base = re.sub(r"\+r\d+$", "", self.build)  # the build served, without an earlier "+rN"
+                    build = self.options.rolling_build or f"{base}+r{self.rollouts + 1}"
+                    await self._finish_rollout(await self._begin_rollout(), build)
+            finally:
+                self._mode_rolling = False
+            if self.options.rolling_every is None or self.fault != ROLLING_RESTART:
+                return
+            delay = self.options.rolling_every
+
+    def _idle_end(self, ws: ServerConnection) -> None:
+        """The idle-timeout fault: the session reached `idle_after_s`; dropped, or closed with a frame."""
+        if ws.state is not State.OPEN:
+            return
+        self.idle_closed += 1
+        code = self.options.idle_close_code
+        if code is None:
+            ws.transport.abort()
+        else:
+            self._spawn(ws.close(code, IDLE_REASON))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """A close that runs on by itself (kept until done; cancelled by stop())."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def __aenter__(self) -> Sandbox:
         return await self.start()
@@ -279,8 +512,18 @@ class Sandbox:
             return None, "token expired"
         return claims, ""
 
+    def _refusal(self, conn: ServerConnection) -> Response:
+        """A rollout's 503, for every path: health says which phase, Retry-After when the new build answers."""
+        status = "draining" if self.rollout_phase == "draining" else "restarting"
+        resp = self._json(conn, 503, {"status": status, "detail": f"rolling restart: {status}"})
+        wait = self._refuse_until - asyncio.get_running_loop().time()
+        resp.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+        return resp
+
     def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
+        if self.rollout_phase is not None:
+            return self._refusal(conn)
         if path == "/health":
             if self.fault == "not-ready":
                 return self._json(conn, 503, {"status": "starting", "detail": "warming up"})
@@ -327,7 +570,14 @@ class Sandbox:
         if task is not None:
             self._handlers.add(task)
             task.add_done_callback(self._handlers.discard)
+        self._sessions[ws] = None  # before connection_established: a client that saw it is counted
+        idle = (asyncio.get_running_loop().call_later(self.options.idle_after_s, self._idle_end, ws)
+                if fault == IDLE_TIMEOUT else None)
         try:
+            if self.rollout_phase is not None:  # its upgrade passed just before the drain began
+                code = self.options.drain_code
+                await ws.close(code, DRAIN_REASONS[code])
+                return
             if fault == "closed-before-ready":
                 await asyncio.sleep(self.options.ready_close_after)
                 await ws.close(1000, "main cleanup")
@@ -359,6 +609,10 @@ class Sandbox:
                 await self._agent_run(ws, frame)
         except ConnectionClosed:
             pass
+        finally:
+            del self._sessions[ws]
+            if idle is not None:
+                idle.cancel()
 
     async def _agent_run(self, ws: ServerConnection, frame: dict[str, Any]) -> None:
         fault = self.fault
@@ -413,6 +667,13 @@ class Sandbox:
             ws.transport.write(chunk if n == batch else one * n)
             sent += n
             await ws.drain()
+
+
+async def _sleep_until(loop: asyncio.AbstractEventLoop, when: float) -> None:
+    """Until loop time `when` (at once if it has passed)."""
+    delay = when - loop.time()
+    if delay > 0:
+        await asyncio.sleep(delay)
 
 
 def fault_help() -> str:
