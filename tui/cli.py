@@ -191,8 +191,9 @@ def pytest(config_path: str | None, target: str | None, url: str | None, fault: 
                                           record_max_bytes=int(config.recording.max_file_mb * 1024 * 1024))))
 
 
-_DEPLOY_HELP = ('Play a deploy, e.g. "0s ok@v1, 5s restart, 7s closed-before-ready@v2, 12s ok@v2": steps '
-                '<offset> <ok|FAULT|down|restart>[@BUILD], offsets from the start.')
+_DEPLOY_HELP = ('Play a deploy, e.g. "0s ok@v1, 5s restart, 7s closed-before-ready@v2, 12s ok@v2, 20s rolling@v3": '
+                'steps <offset> <ok|FAULT|down|restart|rolling>[@BUILD], offsets from the start (rolling: the open '
+                'sessions drained, some dropped, 503 for a gap, then BUILD).')
 
 
 def _deploy_steps(script: str | None) -> list[DeployStep] | None:
@@ -212,9 +213,20 @@ def _deploy_steps(script: str | None) -> list[DeployStep] | None:
 @click.option("--flood", "flood_count", default=None, type=click.IntRange(1), help="Frames per message (flood).")
 @click.option("--delay", default=None, type=click.FloatRange(0), help="Seconds between agent events (slow-agent).")
 @click.option("--deploy", "deploy_script", metavar="SCRIPT", help=_DEPLOY_HELP)
+@click.option("--rolling-at", type=DURATION, default=None, metavar="DURATION",
+              help="rolling-restart: when the rollout begins (default 2s).")
+@click.option("--drain", "drain_s", type=DURATION, default=None, metavar="DURATION",
+              help="A rollout closes the open sessions over this window (default 2s).")
+@click.option("--drop-every", type=click.IntRange(0), default=None, metavar="N",
+              help="A rollout drops every N-th open session without a close frame (default 10; 0: none).")
+@click.option("--refuse", "refuse_s", type=DURATION, default=None, metavar="DURATION",
+              help="After the drain, new connections and health get 503 this long (default 1s).")
+@click.option("--idle-after", type=DURATION, default=None, metavar="DURATION",
+              help="idle-timeout: every session ends at this age (default 3s).")
 @click.option("--list-faults", is_flag=True, help="List the faults and exit.")
 def sandbox(host: str, port: int, fault: str, flood_count: int | None, delay: float | None,
-            deploy_script: str | None, list_faults: bool) -> None:
+            deploy_script: str | None, rolling_at: float | None, drain_s: float | None, drop_every: int | None,
+            refuse_s: float | None, idle_after: float | None, list_faults: bool) -> None:
     """Run the sandbox server standalone, so another terminal can probe it with `stagewatch run --url`."""
     from datetime import datetime
 
@@ -234,6 +246,10 @@ def sandbox(host: str, port: int, fault: str, flood_count: int | None, delay: fl
         opts.flood = flood_count
     if delay is not None:
         opts.delay = delay
+    for name, value in (("rolling_at", rolling_at), ("drain_s", drain_s), ("drop_every", drop_every),
+                        ("refuse_s", refuse_s), ("idle_after_s", idle_after)):
+        if value is not None:
+            setattr(opts, name, value)
 
     def applied(step: DeployStep) -> None:  # one line, with the wall time it was applied
         click.echo(f"{datetime.now().strftime('%H:%M:%S.%f')[:-3]}  {one_line(step.describe())}")
@@ -262,6 +278,9 @@ def sandbox(host: str, port: int, fault: str, flood_count: int | None, delay: fl
             for step in (opts.deploy or [])[:sb.applied]:  # the steps at 0s, applied by start()
                 applied(step)
             sb.on_step.append(applied)
+            sb.on_rollout.append(lambda r: click.echo(
+                f"{datetime.now().strftime('%H:%M:%S.%f')[:-3]}  rollout {r.number}: {r.sessions} open sessions — "
+                f"{r.closed} closed {r.code}, {r.dropped} dropped (no close frame) — now {one_line(r.build)}"))
             await stop.wait()
         finally:
             remove_handoff(sb.port)
