@@ -6,6 +6,7 @@ verdict line, reports, and exit codes that are a contract: 0 all passed, 1 a pro
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import sys
@@ -30,7 +31,7 @@ from .alerts import flip_payload, run_on_change
 from .sanitize import event_visible, one_line
 from .watch import UNREACHABLE, Flip, cause_words
 from .clock import Clock
-from .runner import RunOptions, run_queue, shared_sandbox
+from .runner import RunOptions, run_beside, run_queue, shared_sandbox
 from .pytest_run import run_pytest
 
 PYTEST_USAGE_ERROR = 4  # pytest's exit code for arguments it refuses
@@ -48,7 +49,7 @@ class Printer:
     CELL = {"pass": ("✓", "32"), "degraded": ("~", "33"), "fail": ("✗", "31;1"), "skip": ("·", "2"),
             "none": (" ", "0")}
     CHANGE = {"down": ("▼", "31;1"), "pending": ("?", "33"), "up": ("▲", "32;1"), "degraded": ("~", "33"),
-              "build": ("◆", "36"), "cause": ("▼", "31")}
+              "build": ("◆", "36"), "cause": ("▼", "31"), "drop": ("✕", "31"), "back": ("↺", "32")}
 
     def __init__(self, out: TextIO | None = None, color: bool | None = None, verbose: bool = False,
                  insecure: bool = False, rounds: bool = False, confirm: int = 2, items: str = "probes") -> None:
@@ -431,27 +432,36 @@ async def _run(req: HeadlessRequest, summary: RunModel, recorders: list[Recorder
     deadline = None if req.for_s is None else time.monotonic() + req.for_s
     landed = False
     usage_error = False
+    beside: asyncio.Future[list[ProbeFinished]] | None = None
     try:
         async with shared_sandbox(req.target, req.options) as options:  # one sandbox for every round
-            n = 0
-            while True:
-                n += 1
-                started = time.monotonic()
-                if req.pytest_args is None:
-                    await run_queue(req.config, req.target, bus, options, clock)
-                else:
-                    result = await run_pytest(req.config, req.target, bus, options, clock, req.pytest_args)
-                    usage_error = result.exit_code == PYTEST_USAGE_ERROR
-                landed = await rounds.after()
-                if usage_error:
-                    return EXIT_USAGE  # pytest refused its arguments: another round would too
-                if not watching or landed or (req.count is not None and n >= req.count):
-                    break
-                assert req.watch is not None
-                wait = max(0.0, req.watch - (time.monotonic() - started))  # rounds start every interval
-                if deadline is not None and time.monotonic() + wait >= deadline:
-                    break
-                await asyncio.sleep(wait)
+            if watching and req.pytest_args is None:  # held sessions run once, beside the rounds
+                options = dataclasses.replace(options, holds="without")
+                beside = asyncio.ensure_future(run_beside(req.config, req.target, bus, options, clock))
+            try:
+                n = 0
+                while True:
+                    n += 1
+                    started = time.monotonic()
+                    if req.pytest_args is None:
+                        await run_queue(req.config, req.target, bus, options, clock)
+                    else:
+                        result = await run_pytest(req.config, req.target, bus, options, clock, req.pytest_args)
+                        usage_error = result.exit_code == PYTEST_USAGE_ERROR
+                    landed = await rounds.after()
+                    if usage_error:
+                        return EXIT_USAGE  # pytest refused its arguments: another round would too
+                    if not watching or landed or (req.count is not None and n >= req.count):
+                        break
+                    assert req.watch is not None
+                    wait = max(0.0, req.watch - (time.monotonic() - started))  # rounds start every interval
+                    if deadline is not None and time.monotonic() + wait >= deadline:
+                        break
+                    await asyncio.sleep(wait)
+            finally:  # before the shared sandbox stops: its stop would close the held sessions (1001)
+                if beside is not None and not beside.done():
+                    beside.cancel()
+                    await asyncio.gather(beside, return_exceptions=True)
         if recorder is not None and not recorder.active and recorder.error and req.quiet:
             sys.stderr.write(f"stagewatch: warning: {recorder.error}\n")
         if req.until_version is not None or req.until_pass:

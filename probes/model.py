@@ -241,6 +241,10 @@ class RunModel:
                 return changed
             else:
                 probe.apply(event)
+                if isinstance(event, SessionChanged) and event.change in ("ended", "reopened"):
+                    self.history.sessions_changed(probe_id, event.change, event.code, event.at, event.reconnect_ms,
+                                                  event.build)
+                    changed.add("history")
                 if isinstance(event, StageFinished):
                     self._header_evidence(event)
                     changed.add("header")

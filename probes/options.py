@@ -28,6 +28,7 @@ class RunOptions:
     sandbox_options: SandboxOptions | None = None
     env: Mapping[str, str] | None = None
     sandbox: Sandbox | None = None  # a running sandbox for a sandbox target: used, never started or stopped here
+    holds: str = "with"  # probes with a hold step: with the others, "without" them (a watch's rounds), "only" them
 
 
 @dataclass

@@ -11,6 +11,8 @@ import asyncio
 import dataclasses
 import os
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
 import httpx
@@ -38,6 +40,9 @@ def select_probes(config: Config, options: RunOptions) -> list[ProbeDef]:
     """The queue: filtered by --only / --max-priority, stable-sorted by priority. An entry of kind pytest stays
     while `only` names something that is not a probe (one of its tests, known once collected)."""
     probes = list(config.probes)
+    if options.holds != "with":  # a watch: its rounds run without the held sessions, which run beside them
+        holding = options.holds == "only"
+        probes = [p for p in probes if any(s.step == "hold" for s in p.steps) == holding]
     if options.only:
         known = {p.id for p in probes if p.kind == "probe"}
         unknown = [i for i in options.only if i not in known]
@@ -76,11 +81,12 @@ def target_hosts(target: ResolvedTarget, base_url: str) -> frozenset[str]:
     return frozenset(h.lower() for h in hosts if h)
 
 
-async def run_queue(config: Config, target: ResolvedTarget, bus: EventBus, options: RunOptions | None = None,
-                    clock: Clock | None = None) -> RunResult:
-    options = options or RunOptions()
-    clock = clock or Clock()
-    probes = select_probes(config, options)
+@asynccontextmanager
+async def run_context(config: Config, target: ResolvedTarget, bus: EventBus, options: RunOptions,
+                      clock: Clock) -> AsyncIterator[tuple[RunContext, str | None]]:
+    """What the probes of one run share: the base URL (the embedded sandbox's, started here unless
+    `options.sandbox` is given, and stopped at exit), the redactor, one HTTP client, the allowed hosts. Yields it
+    with the sandbox's secret (None for any other target)."""
     owned: Sandbox | None = None  # a sandbox this call starts, and so stops
     expected = options.expected_version or None
     base_url = target.base_url
@@ -92,22 +98,47 @@ async def run_queue(config: Config, target: ResolvedTarget, bus: EventBus, optio
         base_url, secret = sandbox.base_url, sandbox.secret
         expected = expected or sandbox.release_build  # none while it plays a deploy: builds change by design
     env = os.environ if options.env is None else options.env
-    redactor = run_redactor(target, env, secret)
+    loopback = is_loopback(urlsplit(base_url).hostname)
+    try:
+        # No keep-alive: each probe measures its own connection, and a server closing an idle one between probes
+        # (as restarting ones do) must not fail the next probe with "disconnected without sending a response".
+        async with httpx.AsyncClient(verify=target.verify_tls, follow_redirects=False, trust_env=not loopback,
+                                     limits=httpx.Limits(max_keepalive_connections=0)) as http:
+            yield RunContext(target=target, base_url=base_url, bus=bus, clock=clock,
+                             redactor=run_redactor(target, env, secret), env=env, expected_version=expected,
+                             sandbox_secret=secret, http=http, allowed_hosts=target_hosts(target, base_url),
+                             degraded_ms=config.watch.degraded_ms), secret
+    finally:
+        if owned is not None:
+            await owned.stop()
+
+
+async def run_beside(config: Config, target: ResolvedTarget, bus: EventBus, options: RunOptions,
+                     clock: Clock) -> list[ProbeFinished]:
+    """A watch's held sessions: the probes with a `hold` step, run once beside the rounds (each for its own
+    `for`), without a run of their own; their session changes reach the watch's timeline."""
+    holds = [p for p in select_probes(config, dataclasses.replace(options, holds="only"))]
+    if not holds:
+        return []
+    async with run_context(config, target, bus, options, clock) as (ctx, _secret):
+        done = await asyncio.gather(*(_run_probe(p, ctx, ctx.expected_version) for p in holds))
+    return [finished for finished, _ in done]
+
+
+async def run_queue(config: Config, target: ResolvedTarget, bus: EventBus, options: RunOptions | None = None,
+                    clock: Clock | None = None) -> RunResult:
+    options = options or RunOptions()
+    clock = clock or Clock()
+    probes = select_probes(config, options)
     started = time.monotonic()
     steps = plan(probes)
     suites: dict[str, Suite] = {}
     results: list[ProbeFinished] = []
     verdict = "pass"
-    verify: bool = target.verify_tls
-    loopback = is_loopback(urlsplit(base_url).hostname)
+    base_url = target.base_url
     try:
-        # No keep-alive: each probe measures its own connection, and a server closing an idle one between probes
-        # (as restarting ones do) must not fail the next probe with "disconnected without sending a response".
-        async with httpx.AsyncClient(verify=verify, follow_redirects=False, trust_env=not loopback,
-                                     limits=httpx.Limits(max_keepalive_connections=0)) as http:
-            ctx = RunContext(target=target, base_url=base_url, bus=bus, clock=clock, redactor=redactor, env=env,
-                             expected_version=expected, sandbox_secret=secret, http=http,
-                             allowed_hosts=target_hosts(target, base_url), degraded_ms=config.watch.degraded_ms)
+        async with run_context(config, target, bus, options, clock) as (ctx, secret):
+            base_url, expected, redactor = ctx.base_url, ctx.expected_version, ctx.redactor
             bus.publish(RunStarted(clock(), target.name, base_url,
                                    tuple((p.id, p.name or p.id, p.priority) for p in probes if p.kind == "probe"),
                                    clock.wall, run_fault(target, options)))
@@ -154,9 +185,6 @@ async def run_queue(config: Config, target: ResolvedTarget, bus: EventBus, optio
             suite.fold.end_waiting("not run: the run was interrupted")
         bus.publish(RunFinished(clock(), "interrupted", round((time.monotonic() - started) * 1000, 1)))
         raise
-    finally:
-        if owned is not None:
-            await owned.stop()
     bus.publish(RunFinished(clock(), verdict, round((time.monotonic() - started) * 1000, 1)))  # type: ignore[arg-type]
     return RunResult(verdict, results, base_url)
 

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 UNREACHABLE = "target-unreachable"  # the diagnosis code of a probe not attempted because nothing listens
 STATES = ("UP", "DEGRADED", "PENDING", "DOWN")
 KEEP_EVENTS = 2000  # flips, outages, builds and timeline entries kept (the newest)
+BURST_S = 5.0  # held sessions ending (or coming back) within this of the first share one timeline line
 KEEP_LATENCIES = 240  # per probe and stage: the durations of the last rounds, for sparklines and percentiles
 
 
@@ -118,7 +119,7 @@ class Change:
     """A line of the timeline: a flip or a build change, said in words. Probes that flip alike in one round (the
     same state, stage and cause) share one line."""
     at: float
-    kind: str  # down, up, degraded, pending, build
+    kind: str  # down, up, degraded, pending, build; drop, back (held sessions)
     probes: tuple[str, ...]  # empty for a build change
     tail: str  # what happened, after the probes' names
     round: int = 0
@@ -187,6 +188,7 @@ class History:
         self.new_flips: list[Flip] = []  # since the last `take_flips()`: what a live front end alerts on
         self.build_reachable = True  # did health report the build in the last finished round
         self._with_detail: deque[Round] = deque()
+        self._burst: dict[str, float] = {}  # the counts of the last session-change timeline line
         self._results: dict[ProbeRound, ProbeRound] = {}
         self._patterns: dict[tuple[tuple[str, ProbeRound], ...], dict[str, ProbeRound]] = {}
 
@@ -216,6 +218,33 @@ class History:
     @property
     def current(self) -> Round | None:
         return self.rounds[-1] if self.rounds else None
+
+    def sessions_changed(self, probe: str, change: str, code: int | None, at: float, reconnect_ms: float | None,
+                         build: str | None) -> None:
+        """A held session ended or came back (a hold beside the rounds): one timeline line per burst, counted
+        ('held: 18 sessions ended 1012, 2 dropped 1006' / 'held: 20 sessions back on v2, slowest 1.1 s')."""
+        kind = "drop" if change == "ended" else "back"
+        last = self.timeline[-1] if self.timeline else None
+        burst = last is not None and last.kind == kind and last.probes == (probe,) and at - last.at <= BURST_S
+        counts: dict[str, float] = dict(self._burst) if burst else {}
+        if kind == "drop":
+            key = "1006 dropped" if (code or 1006) == 1006 else f"{code} closed"
+            counts[key] = counts.get(key, 0) + 1
+            tail = "sessions ended: " + ", ".join(f"{int(n)} × {k}" for k, n in sorted(counts.items()))
+        else:
+            counts["n"] = counts.get("n", 0) + 1
+            counts["slowest"] = max(counts.get("slowest", 0.0), reconnect_ms or 0.0)
+            tail = f"{int(counts['n'])} sessions back" + (f" on {build}" if build else "") + (
+                f", slowest after {counts['slowest'] / 1000:.1f} s" if counts["slowest"] else "")
+        self._burst = counts
+        if burst:
+            assert last is not None
+            self.timeline.pop()
+            self.timeline.append(Change(last.at, kind, (probe,), tail, last.round))
+        else:  # between rounds, the line belongs to the next one (the last one's lines are already told)
+            rnd = self.current
+            n = self.total_rounds if rnd is not None and rnd.finished_at is None else self.total_rounds + 1
+            self.timeline.append(Change(at, kind, (probe,), tail, n))
 
     def build_seen(self, build: str, wall: float) -> None:
         rnd = self.current

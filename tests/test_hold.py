@@ -113,3 +113,20 @@ def test_sparkline_and_events_round_trip():
     change = SessionChanged(1.0, "held", 2, "ended", 1700000000.0, 1012, "Service Restart", "service restart",
                             "server", 3.2, "v1", True)
     assert from_record(json.loads(json.dumps(to_record(change)))) == change
+
+
+def test_a_watch_holds_sessions_beside_its_rounds_and_tells_their_drops(tmp_path):
+    """`run --watch`: the hold runs once beside the rounds; a rollout's drops and returns are timeline lines."""
+    import subprocess
+    import sys
+
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG.format(k=10, for_s=8, beat=0.5, stagger=0.3, extra=", reconnect: true").replace(
+        "probes:\n", "probes:\n  - id: health\n    priority: 0\n    steps: [{step: http, name: health}]\n"))
+    out = subprocess.run([sys.executable, "-m", "tui.cli", "run", "--config", str(config), "--fault",
+                          "rolling-restart", "--watch", "1s", "--for", "7s", "--no-record", "--no-bell"],
+                         capture_output=True, text=True, timeout=60)
+    lines = out.stdout.splitlines()
+    assert any("held sessions ended:" in line and "× 1012 closed" in line for line in lines), out.stdout
+    assert any("✕" in line for line in lines) and any("sessions back on" in line for line in lines), out.stdout
+    assert out.stdout.count("#") >= 4  # the rounds went on meanwhile (one a second)

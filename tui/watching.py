@@ -19,7 +19,7 @@ from probes.bus import EventBus
 from probes.clock import Clock
 from probes.config import Config, ResolvedTarget
 from probes.pytest_run import run_pytest
-from probes.runner import RunOptions, run_queue, shared_sandbox
+from probes.runner import RunOptions, run_beside, run_queue, shared_sandbox
 
 PRESETS = (5.0, 10.0, 30.0, 60.0)  # the interval choices offered in the palette
 
@@ -115,14 +115,24 @@ async def run_rounds(config: Config, target: ResolvedTarget, bus: EventBus, cloc
     interrupted and the shared sandbox stops)."""
     control.bind()
     async with shared_sandbox(target, control.options) as shared:
-        while not control.stopping:
-            control.rounds += 1
-            # the app may have changed the options (fail-fast) between rounds; the sandbox stays the same
-            options = dataclasses.replace(control.options, sandbox=shared.sandbox)
-            if pytest_args is not None:  # each round runs the team's suite
-                await run_pytest(config, target, bus, options, clock, pytest_args)
-            else:
-                await run_queue(config, target, bus, options, clock)
-            if control.stopping:
-                break
-            await control.wait()
+        beside = None  # held sessions run once, beside the rounds (their drops reach the timeline)
+        if pytest_args is None:
+            beside = asyncio.ensure_future(run_beside(config, target, bus, dataclasses.replace(
+                control.options, sandbox=shared.sandbox), clock))
+        try:
+            while not control.stopping:
+                control.rounds += 1
+                # the app may have changed the options (fail-fast) between rounds; the sandbox stays the same
+                options = dataclasses.replace(control.options, sandbox=shared.sandbox,
+                                              holds="without" if pytest_args is None else "with")
+                if pytest_args is not None:  # each round runs the team's suite
+                    await run_pytest(config, target, bus, options, clock, pytest_args)
+                else:
+                    await run_queue(config, target, bus, options, clock)
+                if control.stopping:
+                    break
+                await control.wait()
+        finally:
+            if beside is not None and not beside.done():
+                beside.cancel()
+                await asyncio.gather(beside, return_exceptions=True)

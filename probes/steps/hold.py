@@ -48,7 +48,31 @@ MAX_STAGGER_S = 10.0
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.25, 8.0
 TICK_RTTS = 64  # round trips a tick carries (for the sparklines); the percentiles use all of them
 OPEN_AT_ONCE = 200  # concurrent opens (a burst of 5,000 upgrades would look like an attack and time out)
+PING_BATCH = 50  # pings sent back to back, then a pause (the beat's pings spread over up to 2 s)
 HOLD_MAX_FRAME = 64 * 1024  # a held session reads control frames and the agent's events only
+NOFILE_MARGIN = 256  # descriptors beside the sessions' sockets: the loop, HTTP, the recording, logs
+
+
+def open_files_room(sessions: int) -> str | None:
+    """Make room for `sessions` sockets: raise this process's open-file soft limit (RLIMIT_NOFILE) to
+    sessions + NOFILE_MARGIN when it is lower, up to the hard limit. None when there is room (or the platform has no
+    such limit); else one line saying that the hard limit stops it."""
+    try:
+        import resource
+    except ImportError:  # Windows: no per-process descriptor limit to raise
+        return None
+    need = sessions + NOFILE_MARGIN
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return None
+    if hard != resource.RLIM_INFINITY and hard < need:
+        return (f"{sessions:,} sessions need {need:,} open files, but this process's hard limit is {hard:,} "
+                f"(ulimit -Hn): raise it (limits.conf, systemd LimitNOFILE=) or hold fewer sessions")
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+    except (ValueError, OSError) as exc:
+        return f"{sessions:,} sessions need {need:,} open files; raising the soft limit from {soft:,} failed: {exc}"
+    return None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -82,6 +106,9 @@ class Hold(StepKind):
 
     async def run(self, step: Step, ctx: ProbeContext, limit: float) -> tuple[str, HoldEvidence]:
         holder = _Holder(step, ctx)
+        short = open_files_room(holder.k)
+        if short is not None:
+            raise StageFailed(short, evidence=HoldEvidence(spec=holder.spec()))
         try:
             await holder.run()
         finally:
@@ -171,10 +198,12 @@ class _Holder:
         self._tick()
         open_now = [h for h in self.held.values() if h.ws is not None and not h.ended and h.ready is not None
                     and h.ready.done()]
-        gap = min(self.heartbeat * 0.5, 2.0) / max(1, len(open_now))
+        # A pause after every PING_BATCH pings: the round trips are measured in this loop, so a burst of thousands
+        # would queue the pongs behind the sends (5,000 at once: p95 ≈ 0.5 s of our own backlog, not the server's).
+        pause = min(self.heartbeat * 0.5, 2.0) / max(1, len(open_now)) * PING_BATCH
         for i, h in enumerate(open_now):
-            if i and gap >= 0.001 and i % 50 == 0:
-                await asyncio.sleep(gap * 50)
+            if i and pause >= 0.001 and i % PING_BATCH == 0:
+                await asyncio.sleep(pause)
             self._ping(h)
 
     def _ping(self, h: _Held) -> None:

@@ -25,7 +25,8 @@ from probes.watch import Change, History
 from tui.widgets.theme import status_color
 
 SHOWN = 300  # timeline lines drawn (the newest)
-KIND_STATUS = {"down": "fail", "cause": "fail", "up": "pass", "degraded": "error", "pending": "error"}
+KIND_STATUS = {"down": "fail", "cause": "fail", "up": "pass", "degraded": "error", "pending": "error", "drop": "fail",
+               "back": "pass"}
 
 
 def wall_clock(at: float) -> str:
