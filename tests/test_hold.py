@@ -103,6 +103,13 @@ async def test_the_sessions_view_shows_each_session_and_how_it_ended():
         text = screen_text(app)
         assert "held 6:" in text and "1012 ×4, 1006 ×2" in text
         assert "1006 dropped (no close frame)" in text and "1012 Service Restart 'service restart'" in text
+        pane.query_one("#sessions-table").focus()
+        await pilot.press("down", "down")  # session 3: every 3rd is dropped
+        await wait_until(pilot, lambda: pane.selected == 3, 5)
+        await pilot.pause(0.2)
+        from tests.test_tui import pane_text
+        close = pane_text(app, "#close")
+        assert "1006" in close and "dropped" in close, close
 
 
 def test_sparkline_and_events_round_trip():

@@ -37,7 +37,7 @@ from textual.worker import Worker, WorkerState
 from probes.alerts import flip_payload, run_on_change
 from probes.bus import EventBus
 from probes.config import Config, ConfigError, ResolvedTarget, resolve_target
-from probes.events import Event, Frame, Notice
+from probes.events import Closed, Event, Frame, Notice
 from probes.frames import FrameInfo, pretty
 from probes.model import ProbeModel
 from probes.recording import Recorder, RecordingError, Replay, default_recordings_dir, read_recording
@@ -322,6 +322,24 @@ class StagewatchApp(App[int]):
                 if self._render_frames() or changed or self.info.mode == "replay":
                     self._render_header()
 
+    def _close_view(self, probe: ProbeModel | None) -> ProbeModel | None:
+        """What the Close panel shows: the probe's close, or for a hold the selected session's last end."""
+        if probe is None or probe.hold is None:
+            return probe
+        n = self.query_one("#sessions", SessionsPane).selected
+        row = probe.hold.rows.get(n) if n is not None else None
+        end = row.ended if row is not None else None
+        if end is None:
+            return dataclasses.replace(probe, closes=[])
+        code = end.code or 1006
+        closed = Closed(end.t, probe.id, code, end.name, end.reason, end.by or "none",  # type: ignore[arg-type]
+                        (end.age_s or 0.0) * 1000.0, code != 1006)
+        return dataclasses.replace(probe, closes=[closed])
+
+    def on_sessions_pane_selected(self, message: SessionsPane.Selected) -> None:
+        probe, _words = self._shown_model()
+        self.query_one("#close", ClosePanel).show(self._close_view(probe))
+
     def _render_sessions(self, changed: set[str]) -> None:
         """A probe that holds sessions shows them in place of its frames (at most twice a second)."""
         probe, _words = self._shown_model()
@@ -427,7 +445,7 @@ class StagewatchApp(App[int]):
         if pane.failed_line is not None and failed_at != self._scrolled_to:
             self._scrolled_to = failed_at  # once per failure: the person may scroll elsewhere afterwards
             self.call_after_refresh(self._show_failed_stage)
-        self.query_one("#close", ClosePanel).show(probe)
+        self.query_one("#close", ClosePanel).show(self._close_view(probe))
         self.query_one("#diagnosis", DiagnosisPanel).show(probe)
         box = self.query_one("#stages-box")
         # config text: shown as Content, never parsed as markup

@@ -12,6 +12,7 @@ from typing import Any
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
+from textual.message import Message
 from textual.widgets import DataTable, Static
 
 from probes.holdfold import HoldFold, SessionRow, end_words
@@ -47,8 +48,16 @@ class SessionsPane(Vertical):
     SessionsPane #sessions-detail { height: auto; max-height: 4; padding: 0 1; color: $text-muted; }
     """
 
+    class Selected(Message):
+        """The cursor is on another session: the Close panel shows how that one ended."""
+
+        def __init__(self, session: int | None) -> None:
+            super().__init__()
+            self.session = session
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.selected: int | None = None
         self.fold: HoldFold | None = None
         self._signatures: dict[int, tuple[Any, ...]] = {}
 
@@ -120,6 +129,9 @@ class SessionsPane(Vertical):
         row = fold.rows.get(int(key or 0))
         if row is None:
             return
+        if row.n != self.selected:
+            self.selected = row.n
+            self.post_message(self.Selected(row.n))
         lines = [f"session {row.n}: {row.state}; ended {row.ends}×, came back {row.reopened}×, "
                  f"refused {row.failures}×"]
         if row.ended is not None:
