@@ -92,8 +92,44 @@ async def shoot_console(filename: str = "screenshot-console.svg") -> None:
     print(DOCS / filename)
 
 
+HOLD = """
+default_target: sandbox
+targets:
+  sandbox: {base_url: sandbox}
+probes:
+  - id: held
+    name: 30 chats held through a rolling restart
+    priority: 1
+    steps: [{step: hold, name: hold, sessions: 30, for: 6s, heartbeat: 500ms, stagger: 1s, message_every: 2s,
+             reconnect: true}]
+"""
+
+
+async def shoot_sessions(filename: str = "screenshot-sessions.svg") -> None:
+    """A hold of 30 sessions through the sandbox's rolling restart, shot once it is over."""
+    from probes.config import parse_config
+
+    config = parse_config(HOLD, "hold.yaml")
+    sandbox = SandboxOptions(fault="rolling-restart", rolling_at=2.0, drain_s=1.0, refuse_s=0.8)
+    app = StagewatchApp(config, resolve_target(config, "sandbox"), RunOptions(sandbox_options=sandbox), None)
+    async with app.run_test(size=SIZE) as pilot:
+        deadline = time.monotonic() + 40
+        while app.state.finished is None or app.state.running:
+            if time.monotonic() > deadline:
+                raise SystemExit("the hold did not finish")
+            await pilot.pause(0.05)
+        await pilot.pause(0.8)
+        app.query_one("#sessions-table").focus()
+        await pilot.press(*["down"] * 9)  # session 10: dropped without a close frame
+        await pilot.pause(0.5)
+        app.save_screenshot(filename, path=str(DOCS))
+    print(DOCS / filename)
+
+
 if __name__ == "__main__":
-    wanted = set(sys.argv[1:]) or {"none", "closed-before-ready", "watch", "console"}
+    wanted = set(sys.argv[1:]) or {"none", "closed-before-ready", "watch", "console", "sessions"}
+    if "sessions" in wanted:
+        asyncio.run(shoot_sessions())
     if "console" in wanted:
         asyncio.run(shoot_console())
     for fault_name, name in SHOTS.items():

@@ -177,7 +177,7 @@ class HoldFold:
             p95 = s["rtt_ms"]["p95"]
             parts.append(f"{s['pings_sent']} pings" + (f", p95 {p95:.1f} ms" if p95 is not None else "")
                          + (f", {s['pings_missed']} missed" if s["pings_missed"] else ""))
-        parts.append(f"{self.runs_lost} runs lost")
+        parts.append(f"{self.runs_lost} run{'' if self.runs_lost == 1 else 's'} lost")
         return " · ".join(parts)
 
 

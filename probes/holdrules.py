@@ -89,6 +89,9 @@ def idle_timeout(fold: HoldFold | None) -> list[str] | None:
     if fold is None:
         return None
     ends = _far(fold)
+    restarts = sum(1 for e in ends if e.code == 1012)
+    if restarts * 2 >= len(ends):
+        return None  # 1012 says a restart: sessions opened together and drained in order share an age too
     age = _fixed_age(ends)
     if age is None:
         return None
