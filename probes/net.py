@@ -311,3 +311,44 @@ def server_date_skew(date_header: str | None) -> float | None:
 def ms_since(start: float) -> float:
     """Milliseconds since a `time.monotonic()` reading, to 0.1 ms."""
     return round((time.monotonic() - start) * 1000.0, 1)
+
+
+NOFILE_MARGIN = 256  # descriptors beside the sockets asked for: the loop, HTTP, the recording, logs
+
+
+def open_files_room(sessions: int) -> str | None:
+    """Make room for `sessions` sockets: raise this process's open-file soft limit (RLIMIT_NOFILE) to
+    sessions + NOFILE_MARGIN when it is lower, up to the hard limit. None when there is room (or the platform has no
+    such limit); else one line saying that the hard limit stops it."""
+    try:
+        import resource
+    except ImportError:  # Windows: no per-process descriptor limit to raise
+        return None
+    need = sessions + NOFILE_MARGIN
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return None
+    if hard != resource.RLIM_INFINITY and hard < need:
+        return (f"{sessions:,} sessions need {need:,} open files, but this process's hard limit is {hard:,} "
+                f"(ulimit -Hn): raise it (limits.conf, systemd LimitNOFILE=) or hold fewer sessions")
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+    except (ValueError, OSError) as exc:
+        return f"{sessions:,} sessions need {need:,} open files; raising the soft limit from {soft:,} failed: {exc}"
+    return None
+
+
+def open_files_headroom(limit: int = 65536) -> None:
+    """Best effort, for a server that cannot know how many will connect (the sandbox): the open-file soft limit
+    raised towards `limit`, never past the hard one."""
+    try:
+        import resource
+    except ImportError:
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = limit if hard == resource.RLIM_INFINITY else min(limit, hard)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError):
+            pass

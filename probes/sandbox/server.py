@@ -50,6 +50,7 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from ..net import open_files_headroom
 from ..auth import token_from_subprotocol
 from ..redact import redact_token
 from .deploy import DeployStep
@@ -252,6 +253,7 @@ class Sandbox:
             self._build = build
 
     async def start(self) -> Sandbox:
+        open_files_headroom()  # thousands of held sessions: one descriptor each
         self._stopped.clear()
         if self.plays_deploy:  # a deploy plays from the start again
             self._fault = self._build = self.step = self.deploy_error = None
