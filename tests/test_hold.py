@@ -137,3 +137,40 @@ def test_a_watch_holds_sessions_beside_its_rounds_and_tells_their_drops(tmp_path
     assert any("held sessions ended:" in line and "× 1012 closed" in line for line in lines), out.stdout
     assert any("✕" in line for line in lines) and any("sessions back on" in line for line in lines), out.stdout
     assert out.stdout.count("#") >= 4  # the rounds went on meanwhile (one a second)
+
+
+async def test_a_reset_drops_every_session_at_one_moment():
+    """A proxy reset: every session dropped with no close frame within the same moment."""
+    options = SandboxOptions(fault="rolling-restart", rolling_at=0.6, drain_s=0.0, drop_every=1, refuse_s=0.3)
+    model = await hold(12, 2.5, options, extra=", reconnect: true")
+    probe = model.probes["held"]
+    s = probe.hold.summary()
+    assert s["by_code"] == {"1006": 12} and s["window"]["seconds"] < 0.5 and s["reconnects"] == 12
+    assert probe.diagnoses[0]["code"] == "dropped-without-close"
+
+
+async def test_refused_reconnects_until_the_end_are_reconnect_failing():
+    options = SandboxOptions(fault="rolling-restart", rolling_at=0.5, drain_s=0.2, drop_every=0, refuse_s=30.0)
+    model = await hold(5, 2.0, options, extra=", reconnect: true")
+    probe = model.probes["held"]
+    s = probe.hold.summary()
+    assert s["by_code"] == {"1012": 5} and s["reconnects"] == 0 and s["reconnect_failures"] >= 5
+    assert probe.diagnoses[0]["code"] == "reconnect-failing"
+    assert "HTTP 503" in " ".join(probe.diagnoses[0]["evidence"])
+
+
+async def test_unanswered_pings_on_open_sockets_are_a_stall(monkeypatch):
+    from websockets.frames import Opcode
+    from websockets.server import ServerProtocol
+
+    original = ServerProtocol.recv_frame
+
+    def deaf(self, frame):  # type: ignore[no-untyped-def]
+        return None if frame.opcode is Opcode.PING else original(self, frame)
+
+    monkeypatch.setattr(ServerProtocol, "recv_frame", deaf)  # the sandbox's side only
+    model = await hold(3, 1.6, SandboxOptions(), beat=0.3)
+    probe = model.probes["held"]
+    s = probe.hold.summary()
+    assert s["pings_missed"] >= 3 and s["closed_total"] == 0 and s["stalled_sessions"] == 3
+    assert probe.status == "fail" and probe.diagnoses[0]["code"] == "stall"
