@@ -22,6 +22,7 @@ from .frames import classify
 from . import holdrules
 from .holdfold import HoldFold
 from .holdrules import PROXY_TIMERS_S
+from .hops import is_proxy
 from .model import ProbeModel, StageModel
 from .net import server_date_skew
 from .steps.auth import AuthEvidence
@@ -116,6 +117,20 @@ class Facts:
         ready = self.protocol.ready_type
         return any(s.status == "pass" and isinstance(s.evidence, ExpectEvidence) and s.evidence.frame_type == ready
                    for s in self.probe.stages.values())
+
+    @property
+    def hop(self) -> dict[str, Any] | None:
+        """Who answered the failing stage's request (probes/hops.py), when it was an HTTP answer or an upgrade."""
+        fe = self.fe
+        return fe.hop if isinstance(fe, (HttpEvidence, ConnectEvidence)) else None
+
+    @property
+    def upgrade_hop(self) -> dict[str, Any] | None:
+        """Who the upgrade went through (its 101 or its refusal), from the probe's last connect stage."""
+        for stage in reversed(self.probe.done_stages):
+            if isinstance(stage.evidence, ConnectEvidence) and stage.evidence.hop:
+                return stage.evidence.hop
+        return None
 
     @property
     def echo(self) -> EchoCheck | None:
@@ -252,7 +267,54 @@ def _tls_error(f: Facts) -> list[str] | None:
     return None
 
 
+NEXT = "\x00next:"  # an evidence line starting so replaces the row's next step (phrased for the hop that answered)
+
+
+def _hop_lines(hop: dict[str, Any], key: str) -> list[str]:
+    lines = [f"{'answered by' if hop.get('produced') else 'through'} {hop['name']} ({hop['kind']}): {hop['why']}"]
+    step = (hop.get("next") or {}).get(key)
+    return lines + ([NEXT + step] if step else [])
+
+
+def _upstream(code: int, key: str) -> Rule:
+    def rule(f: Facts) -> list[str] | None:
+        hop = f.hop
+        if f.status != code or not is_proxy(hop) or f.step not in ("http", "connect"):
+            return None
+        assert hop is not None
+        return [f"{f.failed.name}: HTTP {code}" if f.failed else f"HTTP {code}", *_hop_lines(hop, key),
+                "the answer came from the proxy, not from the backend"]
+    return rule
+
+
+def _proxy_strips_auth(f: Facts) -> list[str] | None:
+    hop = f.upgrade_hop
+    if not is_proxy(hop) or _auth_header_stripped(f) is None:
+        return None
+    assert hop is not None
+    lost = f.echo.lost() if f.echo is not None else []
+    said = f"{' and '.join(lost) or 'the credentials'} did not reach the backend; the upgrade went through " \
+           f"{hop['name']}"
+    return [said, *_hop_lines(hop, "strip")]
+
+
+def _proxy_idle_cut(f: Facts) -> list[str] | None:
+    hop = f.upgrade_hop
+    c = f.close
+    if not is_proxy(hop) or c is None or c.by != "none" or f.failed is None:
+        return None
+    assert hop is not None
+    idle = hop.get("idle_s")
+    seconds = c.after_ms / 1000.0
+    if not idle or abs(seconds - float(idle)) > max(1.5, float(idle) * 0.03):
+        return None
+    return [f.close_line(c), f"{seconds:.1f} s matches {hop.get('idle_words') or hop['name']}",
+            *_hop_lines(hop, "idle")]
+
+
 def _not_ready(f: Facts) -> list[str] | None:
+    if f.status in (502, 504) and is_proxy(f.hop):
+        return None  # a proxy's 502/504: upstream-unreachable / upstream-timeout say whose
     if f.status in (502, 503, 504) and f.step in ("http", "connect"):
         return [f"{f.failed.name}: HTTP {f.status}" if f.failed else "", "the service answers but is not serving"]
     c = f.close
@@ -545,6 +607,12 @@ RULES: tuple[RuleRow, ...] = (
     RuleRow("no-answer", _no_answer,
             "no (complete) answer in time: the service is hung or overloaded, or a firewall drops the packets",
             "check the service's load and logs; a firewall or security group that drops instead of refusing"),
+    RuleRow("upstream-unreachable", _upstream(502, "502"),
+            "the proxy answered 502: it cannot reach the backend (down, crashed, wrong port, failing health checks)",
+            "check that the backend runs and the proxy's upstream host:port and health check"),
+    RuleRow("upstream-timeout", _upstream(504, "504"),
+            "the proxy answered 504: the backend did not answer it in time",
+            "check what the backend was doing at that moment, or raise the proxy's read timeout"),
     RuleRow("not-ready", _not_ready,
             "the service is up but not serving yet (502/503/504 or 1013): cold start or a deploy in progress",
             "wait for the rollout to finish and watch health; check readiness probes and startup logs"),
@@ -557,6 +625,9 @@ RULES: tuple[RuleRow, ...] = (
     RuleRow("version-unknown", _version_unknown,
             "a build was expected, but health does not say which build it serves",
             "point protocol.version_field at the build id in the health JSON (dotted path), or drop the expectation"),
+    RuleRow("proxy-strips-auth", _proxy_strips_auth,
+            "a proxy on the way strips the credentials: the upgrade went through it and the token did not arrive",
+            "make the proxy forward Authorization and Sec-WebSocket-Protocol"),
     RuleRow("auth-header-stripped", _auth_header_stripped,
             "the token never reached the backend: a proxy or load balancer stripped the auth header/subprotocol",
             "check the ingress/load balancer config forwards Authorization and Sec-WebSocket-Protocol"),
@@ -587,6 +658,9 @@ RULES: tuple[RuleRow, ...] = (
             "the server accepted without echoing the offered subprotocol: browsers will refuse this handshake "
             "even though Python accepts it",
             "make the server select (echo) the jwt.* subprotocol it authenticated with"),
+    RuleRow("proxy-idle-cut", _proxy_idle_cut,
+            "the proxy the connection went through cut it at its idle timer (1006, no close frame)",
+            "raise that proxy's idle/read timeout for WebSockets, or ping more often than it"),
     RuleRow("lifetime-matches-proxy-timer", _proxy_timer,
             "the connection died at a well-known proxy/load balancer timeout",
             "raise the idle/request timeout on the proxy, or send keepalive pings more often than it"),
@@ -640,7 +714,8 @@ def diagnose(probe: ProbeModel, *, expected_version: str | None = None, protocol
     for row in RULES:
         lines = row.rule(facts)
         if lines is not None:
-            found.append(Diagnosis(row.code, row.summary, [x for x in lines if x], row.next_step))
+            step = next((x[len(NEXT):] for x in lines if x.startswith(NEXT)), row.next_step)
+            found.append(Diagnosis(row.code, row.summary, [x for x in lines if x and not x.startswith(NEXT)], step))
     if not found and facts.failed is not None and facts.failed.status in ("fail", "error"):
         c = facts.close
         lines = [f"{facts.failed.name}: {facts.failed.detail}"]

@@ -24,8 +24,8 @@ def probe_record(p: ProbeModel) -> dict[str, Any]:
         "id": p.id, "name": p.name, "priority": p.priority,
         "status": "running" if p.status in ("queued", "running") else p.status,
         "duration_ms": p.duration_ms,
-        "stages": [{"name": s.name, "status": s.status, "duration_ms": s.duration_ms, "detail": s.detail}
-                   for s in p.done_stages],
+        "stages": [{"name": s.name, "status": s.status, "duration_ms": s.duration_ms, "detail": s.detail,
+                    **({"hop": _hop_record(s)} if _hop_record(s) else {})} for s in p.done_stages],
         "close": p.close_record(),
         "diagnoses": [{"code": d["code"], "summary": d["summary"], "evidence": d.get("evidence", []),
                        "next_step": d.get("next_step", "")} for d in p.diagnoses],
@@ -34,6 +34,14 @@ def probe_record(p: ProbeModel) -> dict[str, Any]:
         **({"sessions": {**p.hold.summary(), "diagnoses": [d["code"] for d in p.diagnoses]}}
            if p.hold is not None else {}),
     }
+
+
+def _hop_record(stage: Any) -> dict[str, Any] | None:
+    """Who answered a stage's HTTP request or upgrade (probes/hops.py), as the report shows it."""
+    hop = getattr(stage.evidence, "hop", None) if stage.evidence is not None else None
+    if not isinstance(hop, dict):
+        return None
+    return {k: hop.get(k) for k in ("name", "kind", "why", "produced", "idle_s")}
 
 
 def _phases(p: ProbeModel) -> list[dict[str, Any]]:

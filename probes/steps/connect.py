@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI, NegotiationError
@@ -16,6 +17,7 @@ from ..config import Step
 from ..context import ProbeContext, StageFailed
 from ..events import WsOpened
 from ..evidence import EchoCheck, StepEvidence
+from ..hops import identify, is_proxy, words
 from ..net import BODY_KEEP, causes, first_header, ms_since, os_error
 from ..session import Session, SessionEnded, open_connection
 from .base import StepKind
@@ -41,6 +43,7 @@ class ConnectEvidence(StepEvidence):
     handshake_error: str = ""
     unauthenticated_accept: bool = False
     secret_missing: bool = False
+    hop: dict[str, Any] | None = None  # who answered the upgrade (probes/hops.py): the backend, or a named proxy
 
 
 class Connect(StepKind):
@@ -109,11 +112,15 @@ class Connect(StepKind):
             ev.response_headers = ctx.run.redactor.headers(r.headers.raw_items())
             ev.body = ctx.redact(bytes(r.body or b"")[:BODY_KEEP].decode("utf-8", "replace"))
             ev.date = first_header(r.headers, "Date")
+            ev.hop = ctx.run.redactor.tree(identify(r.headers.raw_items(), bytes(r.body or b"")[:BODY_KEEP].decode(
+                "utf-8", "replace")))
             if step.expect == "refused" and r.status_code in (401, 403):
                 return f"refused with HTTP {r.status_code} {r.reason_phrase} (as required)", ev
             if r.status_code in (401, 403) and token:
                 ev.echo = await ctx.echo_check(deadline - time.monotonic())
             detail = f"HTTP {r.status_code} {r.reason_phrase} instead of 101 Switching Protocols"
+            if is_proxy(ev.hop):
+                detail += f" · {words(ev.hop)}"
             if 300 <= r.status_code < 400:
                 ev.location = ctx.redact(first_header(r.headers, "Location") or "")
                 detail += f" → {ev.location or '(no Location)'} (not followed: it would carry the token)"
@@ -142,6 +149,7 @@ class Connect(StepKind):
         ev.subprotocol_echoed = ctx.redact(echoed) if echoed else None
         ev.date = first_header(resp_headers, "Date") if resp_headers else None
         ev.response_headers = ctx.run.redactor.headers(resp_headers.raw_items()) if resp_headers else {}
+        ev.hop = ctx.run.redactor.tree(identify(resp_headers.raw_items() if resp_headers else []))
         ctx.emit(WsOpened(ctx.t(), ctx.probe_id, shown_url, ev.subprotocol_offered, ev.subprotocol_echoed,
                           ctx.run.redactor.headers(ws.request.headers.raw_items()) if ws.request else {},
                           ev.response_headers))

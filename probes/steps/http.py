@@ -14,6 +14,7 @@ from ..context import ProbeContext, StageFailed
 from ..events import HttpExchange
 from ..evidence import StepEvidence
 from ..frames import get_path, parse_json
+from ..hops import identify, words
 from ..net import BODY_KEEP, BodyBomb, BodyTooLarge, bounded_request, http_error, ms_since
 from .base import StepKind
 
@@ -28,6 +29,7 @@ class HttpEvidence(StepEvidence):
     expected_version: str | None = None
     version_missing: bool = False  # a build was expected; health names none
     body: str = ""  # an excerpt, when it explains the failure
+    hop: dict[str, Any] | None = None  # who answered (probes/hops.py): the backend, or a named proxy
 
 
 class Http(StepKind):
@@ -51,12 +53,16 @@ class Http(StepKind):
         for path in self.paths(step, ctx):
             url = ctx.run.base_url + path
             resp = await self._get(step, ctx, url)
-            ev = HttpEvidence(url=url, http_status=resp.status_code, expected_version=expected)
+            hop = identify(resp.headers.multi_items(), resp.content[:BODY_KEEP].decode("utf-8", "replace"))
+            ev = HttpEvidence(url=url, http_status=resp.status_code, expected_version=expected,
+                              hop=ctx.run.redactor.tree(hop))
             if not 200 <= resp.status_code < 300:
                 location = resp.headers.get("location")
                 ev.location = location
+                by = words(hop)
                 raise StageFailed(f"GET {path}: HTTP {resp.status_code} {resp.reason_phrase}"
-                                  + (f" → {ctx.redact(location)}" if location else ""), evidence=ev)
+                                  + (f" → {ctx.redact(location)}" if location else "")
+                                  + (f" · {ctx.redact(by)}" if by else ""), evidence=ev)
             version = version_of(parse_json(resp.text), p.version_field)
             ev.version = version
             if version is not None:
@@ -68,7 +74,7 @@ class Http(StepKind):
                 ev.version_missing, ev.body = True, ctx.redact(resp.text[:200])
                 raise StageFailed(f"GET {path}: no '{p.version_field}' field to compare with {expected}",
                                   evidence=ev)
-        return " · ".join(details), HttpEvidence(url=ev.url, http_status=ev.http_status,
+        return " · ".join(details), HttpEvidence(url=ev.url, http_status=ev.http_status, hop=ev.hop,
                                                  version=versions[0] if versions else None, expected_version=expected)
 
     async def _get(self, step: Step, ctx: ProbeContext, url: str) -> httpx.Response:
