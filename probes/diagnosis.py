@@ -437,8 +437,14 @@ def _upgrade_redirected(f: Facts) -> list[str] | None:
 
 
 def _no_upgrade(f: Facts) -> list[str] | None:
+    hop = f.hop
+    if f.upgrade_refused and f.status == 505 and is_proxy(hop):
+        assert hop is not None
+        return [f.status_line(), f"the backend refused the HTTP version {hop['name']} spoke to it (HTTP/1.0: no "
+                "upgrade), although we sent HTTP/1.1: the proxy does not forward the upgrade",
+                *_hop_lines(hop, "upgrade")]
     if f.upgrade_refused and f.status is not None and (200 <= f.status < 400 or f.status in (404, 405, 426)):
-        return [f.status_line(), f"url: {f.url}"]
+        return [f.status_line(), f"url: {f.url}", *(_hop_lines(hop, "upgrade") if is_proxy(hop) and hop else [])]
     ev = f.of(ConnectEvidence)
     if ev is not None and ev.handshake_error and ev.error != "dropped":
         return [f"invalid handshake: {ev.handshake_error}"]
@@ -468,6 +474,8 @@ def _proxy_timer(f: Facts) -> list[str] | None:
 
 
 def _server_error(f: Facts) -> list[str] | None:
+    if f.status == 505 and is_proxy(f.hop):
+        return None  # a proxy speaking HTTP/1.0 to the backend: no-upgrade says so
     if f.status is not None and 500 <= f.status <= 599 and f.status not in (502, 503, 504):
         return [f.status_line() if f.upgrade_refused else (f"{f.failed.name}: HTTP {f.status}" if f.failed else "")]
     c = f.close
