@@ -494,7 +494,14 @@ def _restart(f: Facts) -> list[str] | None:
 def _abnormal(f: Facts) -> list[str] | None:
     c = f.close
     if c is not None and c.code == 1006 and f.failed is not None:
-        return [f.close_line(c), f.frames_line()]
+        hop = f.upgrade_hop
+        if not is_proxy(hop):
+            return [f.close_line(c), f.frames_line()]
+        assert hop is not None
+        timer = f"; its {hop['idle_words']} may be set lower here" if hop.get("idle_words") else ""
+        return [f.close_line(c), f.frames_line(), f"the connection went through {hop['name']} ({hop['why']}): "
+                f"a drop with no close frame is often its read/idle timer cutting a quiet connection{timer}",
+                *[line for line in _hop_lines(hop, "idle") if line.startswith(NEXT)]]
     return None
 
 
