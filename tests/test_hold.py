@@ -71,7 +71,7 @@ async def test_without_reconnect_the_sessions_stay_gone_and_a_run_in_flight_is_l
 
 
 async def test_an_idle_timeout_ends_every_session_at_one_age():
-    model = await hold(6, 3.0, SandboxOptions(fault="idle-timeout", idle_after_s=1.0), beat=0.25, stagger=0.6)
+    model = await hold(6, 3.2, SandboxOptions(fault="idle-timeout", idle_after_s=1.0), beat=0.25, stagger=1.5)
     probe = model.probes["held"]
     s = probe.hold.summary()
     first = [e for e in s["closed"]][:6]
