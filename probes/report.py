@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 from datetime import datetime, timezone
 from typing import Any
 
+from .evidence_view import stage_lines
 from .closecodes import WHO_CLOSED, close_meaning, close_sentence
 from . import sanitize
 from .frames import classify
@@ -25,7 +26,9 @@ def probe_record(p: ProbeModel) -> dict[str, Any]:
         "status": "running" if p.status in ("queued", "running") else p.status,
         "duration_ms": p.duration_ms,
         "stages": [{"name": s.name, "status": s.status, "duration_ms": s.duration_ms, "detail": s.detail,
-                    **({"hop": _hop_record(s)} if _hop_record(s) else {})} for s in p.done_stages],
+                    **({"hop": _hop_record(s)} if _hop_record(s) else {}),
+                    **({"evidence": s.evidence.to_record()} if s.evidence is not None else {})}
+                   for s in p.done_stages],
         "close": p.close_record(),
         "diagnoses": [{"code": d["code"], "summary": d["summary"], "evidence": d.get("evidence", []),
                        "next_step": d.get("next_step", "")} for d in p.diagnoses],
@@ -233,6 +236,10 @@ def write_markdown(model: RunModel) -> str:
         out += ["", f"### {title}", "", "| stage | status | ms | detail |", "|---|---|---:|---|"]
         for s in p.done_stages:
             out.append(f"| {s.name} | {s.status} | {s.duration_ms:.0f} | {_md_cell(s.detail)} |")
+        failed = p.failed
+        if failed is not None and failed.evidence is not None:  # what the backend saw and said, for the issue
+            out += ["", f"<details><summary>{failed.name}: its whole evidence</summary>", "", "```",
+                    *stage_lines(p, failed)[1:], "```", "</details>"]
         c = p.close
         if c is not None:
             meaning = close_meaning(c.code, c.by)

@@ -38,6 +38,7 @@ from probes.alerts import flip_payload, run_on_change
 from probes.bus import EventBus
 from probes.config import Config, ConfigError, ResolvedTarget, resolve_target
 from probes.events import Closed, Event, Frame, Notice
+from probes.evidence_view import stage_lines
 from probes.frames import FrameInfo, pretty
 from probes.model import ProbeModel
 from probes.recording import Recorder, RecordingError, Replay, default_recordings_dir, read_recording
@@ -66,6 +67,7 @@ from tui.widgets.latency import LatencyPane
 from tui.widgets.queue import QueuePane
 from tui.widgets.sessions import SessionsPane
 from tui.widgets.stages import StagePane
+from tui.widgets.textreport import TextReportScreen
 from tui.widgets.timeline import TimelinePane, wall_clock
 
 TICK = 0.05  # seconds between screen updates (frames are batched into one update per tick)
@@ -115,6 +117,8 @@ class StagewatchApp(App[int]):
                 tooltip="Watch: show a later round; past the newest, back to the live one"),
         Binding("t", "panel", "Panel", id="panel",
                 tooltip="Watch: the right-hand pane shows the timeline, per-stage latency or the frame detail"),
+        Binding("s", "stages", "Stages", id="stages", show=False,
+                tooltip="Pick a stage (↑/↓): its whole evidence in the Frame pane; enter opens it whole; esc back"),
         Binding("x", "console", "Console", id="console", show=False,
                 tooltip="Open/close the console: a session of your own — compose, send, ping, close, reconnect"),
         Binding("m", "matrix", "Matrix", id="matrix", show=False,
@@ -177,6 +181,8 @@ class StagewatchApp(App[int]):
         self._scrolled_to: tuple[str | None, int, int | None] | None = None
         self._queue_frames_at = 0.0
         self._sessions_at = 0.0
+        self._detail_mode = "frame"  # the Frame pane shows the selected frame, or ("stage") the picked stage
+        self._detail_stale: set[str] = set()
         self._frames_at = 0.0
         self._detail_at = 0.0
         self.player = Player(replay.events, self._ingest, speed=speed, paused=paused) if replay is not None else None
@@ -542,10 +548,50 @@ class StagewatchApp(App[int]):
             box.border_subtitle = f"paused · {frames.new_count:,} new · space/end follows"
         detail = self.query_one("#detail", FrameDetail)
         now = time.monotonic()
-        if not (moved and frames.follow) or now - self._detail_at >= DETAIL_EVERY:  # following a flood: 4/s
+        stage = self._stage_shown()
+        if stage is not None:  # a stage picked in the Stages pane: its evidence, live
+            if now - self._detail_at >= DETAIL_EVERY or self.focus_probe in self._detail_stale:
+                self._detail_at = now
+                self._detail_stale.clear()
+                self._show_stage(stage)
+        elif not (moved and frames.follow) or now - self._detail_at >= DETAIL_EVERY:  # following a flood: 4/s
             self._detail_at = now
             detail.show(frames.selected())
         return moved
+
+    def _stage_shown(self) -> str | None:
+        """The stage whose evidence the Frame pane shows: picked in Stages, until the frames are focused."""
+        pane = self.query_one("#stages", StagePane)
+        return pane.selected if self._detail_mode == "stage" else None
+
+    def _show_stage(self, name: str) -> None:
+        probe, _words = self._shown_model()
+        stage = probe.stages.get(name) if probe is not None else None
+        if probe is None or stage is None:
+            return
+        self.query_one("#detail", FrameDetail).show_lines(f"Stage · {name}", stage_lines(probe, stage, self.now()))
+        self.query_one("#detail").border_title = f"Stage · {name}"
+
+    def action_stages(self) -> None:
+        self.query_one("#stages", StagePane).enter()
+
+    def on_stage_pane_open(self, message: StagePane.Open) -> None:
+        probe, _words = self._shown_model()
+        if probe is not None and message.stage in probe.stages:
+            lines = stage_lines(probe, probe.stages[message.stage], self.now())
+            self.push_screen(TextReportScreen(f"Stage · {message.stage}", visible("\n".join(lines))))
+
+    def on_stage_pane_selected(self, message: StagePane.Selected) -> None:
+        self._detail_mode = "stage" if message.stage else "frame"
+        if message.stage:
+            self._show_stage(message.stage)
+
+    def on_descendant_focus(self, event: object) -> None:
+        focused = self.focused
+        if focused is not None and focused.id == "frames" and self._detail_mode == "stage":
+            self._detail_mode = "frame"  # back to the frames: the frame detail again
+            self.query_one("#detail").border_title = "Frame"
+            self.query_one("#detail", FrameDetail).show(self.query_one("#frames", FrameList).selected())
 
     def _render_header(self) -> None:
         if self.player is not None:
@@ -880,11 +926,22 @@ class StagewatchApp(App[int]):
             self.query_one("#frames", FrameList).focus()
         elif self.selected_round is not None:
             self.select_round(None)  # back to the live round
+        elif self.screen.focused is self.query_one("#stages", StagePane):
+            self.query_one("#queue", QueuePane).focus()  # out of the stages: the frame detail again
+            self._detail_mode = "frame"
+            self.query_one("#detail").border_title = "Frame"
+            self.query_one("#detail", FrameDetail).show(self.query_one("#frames", FrameList).selected())
 
     def action_copy(self) -> None:
         """The frame on show (frame screen, or the frames pane focused), else the close summary, else a frame."""
         if isinstance(self.screen, FrameScreen):
             self._copy_frame(self.screen.selected)
+            return
+        stages = self.query_one("#stages", StagePane)
+        probe, _words = self._shown_model()
+        if self.screen.focused is stages and stages.selected and probe and stages.selected in probe.stages:
+            text = "\n".join(stage_lines(probe, probe.stages[stages.selected], self.now()))
+            self.copy_text(visible(text), f"the {stages.selected} stage's evidence")
             return
         frames = self.query_one("#frames", FrameList)
         selected = frames.selected()

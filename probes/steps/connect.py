@@ -44,6 +44,7 @@ class ConnectEvidence(StepEvidence):
     unauthenticated_accept: bool = False
     secret_missing: bool = False
     hop: dict[str, Any] | None = None  # who answered the upgrade (probes/hops.py): the backend, or a named proxy
+    request_headers: dict[str, str] = field(default_factory=dict)  # the upgrade's headers we set, redacted
 
 
 class Connect(StepKind):
@@ -91,8 +92,9 @@ class Connect(StepKind):
         ev = ConnectEvidence(url=shown_url, subprotocol_offered=ctx.redact(offered) if offered else None,
                              token_sent=bool(token), transport=list(p.token_transport) if token else [])
         ctx.sent_headers = dict(headers)
-        if offered:
+        if subprotocols:
             ctx.sent_headers["Sec-WebSocket-Protocol"] = ", ".join(subprotocols)
+        ev.request_headers = ctx.run.redactor.headers(list(ctx.sent_headers.items()))
         if offered and not authmod.is_legal_subprotocol(offered):
             ev.subprotocol_illegal = True
             raise StageFailed("the subprotocol value is not a legal RFC 7230 token (padded base64 '=' or another "

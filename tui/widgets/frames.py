@@ -376,6 +376,15 @@ class FrameDetail(VerticalScroll):
     def compose(self) -> ComposeResult:
         yield Static(id="frame-detail-body", markup=False)
 
+    def show_lines(self, title: str, lines: list[str]) -> None:
+        """A stage's evidence (probes/evidence_view.py) instead of a frame; outside text made visible."""
+        body = self.query_one("#frame-detail-body", Static)
+        self._shown = ("stage", title, tuple(lines))
+        self.text = "\n".join(visible(line) for line in lines)
+        body.update(Content.assemble(Content.styled(visible(title), "bold $text-accent"), "\n\n",
+                                     Content(self.text)))
+        self._lines = -1
+
     def show(self, selected: tuple[Frame, FrameInfo, int] | None) -> None:
         frame_shown = selected[0] if selected is not None else None
         if frame_shown is self._shown:

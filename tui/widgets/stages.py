@@ -11,6 +11,9 @@ from collections.abc import Callable
 
 from rich.console import Group
 from rich.text import Text
+from textual.binding import Binding
+from textual.events import Click
+from textual.message import Message
 from textual.widgets import Static
 
 from probes.model import ProbeModel, StageModel
@@ -21,20 +24,79 @@ from tui.state import fmt_countdown, fmt_ms, stage_clock
 from tui.widgets.theme import STATUS_WORD, glyph, status_color
 
 
-class StagePane(Static):
-    """Shows one probe's stages; `show(probe, now)` re-renders it (cheap: a handful of rows)."""
+class StagePane(Static, can_focus=False):
+    """Shows one probe's stages; `show(probe, now)` re-renders it (cheap: a handful of rows). Focused, ↑/↓ (or a
+    click) select a stage: `Selected` asks the app to show that stage's whole evidence."""
 
     DEFAULT_CSS = """
     StagePane { width: 1fr; height: auto; }
     """
+    BINDINGS = [Binding("up,k", "move(-1)", "Previous stage", show=False),
+                Binding("down,j", "move(1)", "Next stage", show=False),
+                Binding("enter", "open", "Open stage", show=False)]
+
+    class Open(Message):
+        """Enter on a stage: its evidence on a screen of its own (the way in on a small terminal)."""
+
+        def __init__(self, stage: str) -> None:
+            super().__init__()
+            self.stage = stage
+
+    def action_open(self) -> None:
+        if self.selected:
+            self.post_message(self.Open(self.selected))
+
+    class Selected(Message):
+        def __init__(self, stage: str | None) -> None:
+            super().__init__()
+            self.stage = stage
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
+        self.selected: str | None = None  # the stage whose evidence is on show
+        self._order: list[str] = []
+        self._rows_at: list[tuple[int, str]] = []  # (first line of its row, stage name)
         self.plain = ""
         self.failed_line: int | None = None  # the line (from the top) of the first failing stage's row
         self._key = ""
         self._drawn: str | None = None
         self._last: tuple[ProbeModel | None, Callable[[], float], float | None] | None = None
+
+    def action_move(self, step: int) -> None:
+        if not self._order:
+            return
+        at = self._order.index(self.selected) if self.selected in self._order else (-1 if step > 0 else 0)
+        self.select(self._order[max(0, min(len(self._order) - 1, at + step))])
+
+    def select(self, stage: str | None) -> None:
+        self.selected = stage
+        self.post_message(self.Selected(stage))
+        if self._last is not None:
+            self._drawn = None
+            self.show(*self._last)
+
+    def enter(self) -> None:
+        """Focus the stages (`s`, a click): focusable only while in use, so tab keeps to queue → frames → frame."""
+        self.can_focus = True
+        self.focus()
+
+    def on_blur(self) -> None:
+        self.can_focus = False
+
+    def on_click(self, event: Click) -> None:
+        row = None
+        for line, name in self._rows_at:
+            if line <= event.y:
+                row = name
+        if row is not None:
+            self.enter()
+            self.select(row)
+
+    def on_focus(self) -> None:
+        if self.selected is None and self._order:
+            self.select(next((n for n in self._order if self._last and self._last[0] is not None
+                              and self._last[0].failed is not None and n == self._last[0].failed.name),
+                             self._order[0]))
 
     def on_resize(self) -> None:
         if self._last is not None:
@@ -96,6 +158,10 @@ class StagePane(Static):
         lines = [strip.plain]
         self.failed_line = None
         top = strip.plain.count("\n") + 2  # the strip's lines and a blank line
+        self._order = list(probe.stages)
+        if self.selected not in probe.stages:
+            self.selected = None
+        self._rows_at = []
         bad, warn = status_color(self.app, "fail"), status_color(self.app, "error")
         for stage in probe.stages.values():
             color = status_color(self.app, stage.status)
@@ -104,8 +170,11 @@ class StagePane(Static):
             detail = stage_detail(stage, now, bad, warn, wall0)
             if self.failed_line is None and stage.status in ("fail", "error"):
                 self.failed_line = top + rows.plain.count("\n")
+            self._rows_at.append((top + rows.plain.count("\n"), stage.name))
+            picked = stage.name == self.selected
             rows.append(f"{glyph(stage.status)} ", style=f"bold {color}")
-            rows.append(f"{stage.name:<{name_w}}", style="bold" if stage.status in ("fail", "error") else "")
+            rows.append(f"{stage.name:<{name_w}}", style=("bold " if stage.status in ("fail", "error") else "")
+                        + ("reverse" if picked else ""))
             rows.append(f"{word:<7} ", style=f"bold {color}" if stage.status != "skip" else color)
             rows.append(f"{took:>8} ")
             if below:
@@ -121,7 +190,7 @@ class StagePane(Static):
             lines.append(f"{stage.name} {word} {took} {detail.plain}")
         rows.rstrip()
         self.plain = "\n".join(lines)
-        self._key = f"{width}\n{self.plain}"
+        self._key = f"{width}\n{self.selected}\n{self.plain}"
         self._set(Group(strip, Text(""), rows))
 
 

@@ -1,0 +1,112 @@
+"""A stage's whole evidence as lines of text: what the stage pane shows for the selected stage, what `c` copies
+and what the Markdown report carries for a failing stage. Everything here is already redacted (evidence and
+events are); outside text is made visible by the caller's boundary (the report sanitises, the pane uses
+`one_line`/`visible`). The engine's own view: no Textual.
+
+- an HTTP stage: each request (method, URL, status, time), the answer's headers and body (pretty JSON, capped),
+  the build, and which hop answered;
+- `auth`: how the token was had, its subject, issue and expiry (and how long it has left), the token shown only
+  as `eyJhbGciOi…` + 4;
+- `connect`: the upgrade as sent (URL, every header we set, the subprotocols offered), the answer (status,
+  headers, the subprotocol echoed or not, a refusal's body) and the hop;
+- a frame stage: its frames with the gap before each (from the probe's last frames);
+- a failed stage: the lines its diagnosis cites.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from .events import Frame
+from .frames import classify
+from .model import ProbeModel, StageModel
+
+BODY_CHARS = 2000
+SKIP_FIELDS = {"kind", "request_headers", "response_headers", "body", "hop", "echo"}
+
+
+def _pretty(body: str) -> str:
+    try:
+        return json.dumps(json.loads(body), indent=2, ensure_ascii=False)[:BODY_CHARS]
+    except ValueError:
+        return body[:BODY_CHARS]
+
+
+def _headers(title: str, headers: dict[str, str]) -> list[str]:
+    if not headers:
+        return []
+    return [title, *(f"  {k}: {v}" for k, v in headers.items())]
+
+
+def _hop(record: Any) -> list[str]:
+    if not isinstance(record, dict) or not record.get("name"):
+        return []
+    how = "answered by" if record.get("produced") else "through"
+    return [f"hop: {how} {record['name']} ({record.get('kind')}): {record.get('why')}"]
+
+
+def stage_lines(probe: ProbeModel, stage: StageModel, now: float | None = None) -> list[str]:
+    """Every line of what `stage` of `probe` saw (see the module's docstring)."""
+    now = time.time() if now is None else now
+    took = "" if stage.duration_ms is None else f" in {stage.duration_ms:.1f} ms"
+    limit = f" (limit {stage.limit_s:g} s)" if stage.limit_s else ""
+    lines = [f"{stage.name} ({stage.step or '?'}): {stage.status}{took}{limit}"]
+    if stage.detail:
+        lines.append(f"  {stage.detail}")
+    record = stage.evidence.to_record() if stage.evidence is not None else {}
+    kind = record.get("kind", stage.step)
+    if kind == "http":
+        for x in (h for h in probe.http if h.stage == stage.name):
+            lines += ["", f"{x.method} {x.url} → {x.status if x.status is not None else x.error} "
+                      f"({x.elapsed_ms:.1f} ms)"]
+            lines += _headers("response headers:", x.headers)
+            if x.body_excerpt:
+                lines += ["body:", *("  " + line for line in _pretty(x.body_excerpt).splitlines())]
+        lines += _hop(record.get("hop"))
+    elif kind == "auth":
+        exp, iat = record.get("exp"), record.get("iat")
+        lines += ["", f"token: {record.get('token') or '(none)'}", f"from: {record.get('source') or '?'}",
+                  f"sub: {record.get('sub')}"]
+        if iat:
+            lines.append(f"issued: {time.strftime('%H:%M:%S', time.localtime(iat))}")
+        if exp:
+            left = exp - now
+            lines.append(f"expires: {time.strftime('%H:%M:%S', time.localtime(exp))} "
+                         f"({'in ' + str(int(left)) + ' s' if left > 0 else 'EXPIRED ' + str(int(-left)) + ' s ago'})")
+    elif kind == "connect":
+        lines += ["", f"upgrade: GET {record.get('url') or '?'} HTTP/1.1"]
+        opened = probe.opened if probe.opened is not None and stage.status == "pass" else None
+        sent = opened.request_headers if opened is not None else record.get("request_headers") or {}
+        lines += _headers("request headers (as sent):", sent)
+        if record.get("subprotocol_offered"):
+            lines.append(f"subprotocol offered: {record['subprotocol_offered']}")
+        status = record.get("http_status")
+        lines += ["", f"answer: HTTP {status if status is not None else '(none)'}"]
+        lines += _headers("response headers:", record.get("response_headers") or {})
+        if status == 101:
+            echoed = record.get("subprotocol_echoed")
+            lines.append(f"subprotocol echoed: {echoed}" if echoed else "subprotocol echoed: NO")
+        if record.get("body"):
+            lines += ["body:", *("  " + line for line in _pretty(record["body"]).splitlines())]
+        lines += _hop(record.get("hop"))
+    else:
+        frames = [f for f in probe.last_frames if isinstance(f, Frame)]
+        if frames and stage.step in ("expect", "send", "expect_events"):
+            lines += ["", "frames (the probe's last ones):"]
+            last = None
+            for f in frames:
+                gap = "" if last is None else f" (+{f.ms - last:.0f} ms)"
+                last = f.ms
+                arrow = "→" if f.direction == "out" else "←"
+                lines.append(f"  {f.ms:8.1f} ms{gap:>10} {arrow} {f.size:6d} B  {classify(f.data).summary}")
+    extra = [f"{k}: {v}" for k, v in record.items() if k not in SKIP_FIELDS and v not in (None, "", False, [], {})]
+    if extra and kind not in ("auth",):
+        lines += ["", "evidence:", *("  " + e for e in extra)]
+    if stage.status in ("fail", "error") and probe.failed is stage and probe.diagnoses:
+        d = probe.diagnoses[0]
+        lines += ["", f"diagnosis {d.get('code')}: {d.get('summary')}", *(f"  · {e}" for e in d.get("evidence", []))]
+        if d.get("next_step"):
+            lines.append(f"  next: {d['next_step']}")
+    return lines

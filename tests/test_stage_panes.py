@@ -1,0 +1,55 @@
+"""A pane for each stage: Stages is focusable, ↑/↓ pick a stage, and the Frame pane shows that stage's whole
+evidence — for strip-auth, the upgrade request as sent (credentials redacted) and the 401 with its body."""
+
+from __future__ import annotations
+
+from probes.evidence_view import stage_lines
+from probes.report import to_json, write_markdown
+from tests.test_tui import SIZE, live_app, pane_text, tui_config, wait_for_run, wait_until  # noqa: F401
+from tui.widgets.frames import FrameDetail
+from tui.widgets.stages import StagePane
+
+
+def detail_text(app) -> str:  # type: ignore[no-untyped-def]
+    return app.query_one("#detail", FrameDetail).text
+
+
+async def test_a_keypress_shows_the_upgrade_as_sent_and_the_401_with_its_body(tui_config):  # noqa: F811
+    app = live_app(tui_config, "strip-auth", only=("golden-path",))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for_run(app, pilot)
+        stages = app.query_one("#stages", StagePane)
+        await pilot.press("s")  # one key: the Stages pane, on the failing stage
+        await wait_until(pilot, lambda: stages.selected == "connect")
+        await wait_until(pilot, lambda: "request headers (as sent)" in detail_text(app))
+        detail = detail_text(app)
+        assert "Authorization: Bearer eyJhbGciOi…" in detail and "Sec-WebSocket-Protocol: jwt." in detail
+        assert "answer: HTTP 401" in detail and "missing token" in detail
+        assert "diagnosis auth-header-stripped" in detail
+        await pilot.press("up")  # the auth stage: claims and expiry, the token redacted
+        await wait_until(pilot, lambda: "token: eyJhbGciOi…" in detail_text(app))
+        assert "expires:" in detail_text(app)
+        await pilot.press("up")  # health: the request and its JSON answer
+        await wait_until(pilot, lambda: "GET http://" in detail_text(app))
+        assert '"status": "healthy"' in detail_text(app)
+        await pilot.press("enter")  # the stage on a screen of its own
+        from tui.widgets.textreport import TextReportScreen
+        await wait_until(pilot, lambda: isinstance(app.screen, TextReportScreen))
+        await pilot.press("escape")
+        app.query_one("#frames").focus()
+        await wait_until(pilot, lambda: "GET http://" not in detail_text(app))
+
+
+async def test_reports_carry_each_stages_evidence(tui_config):  # noqa: F811
+    app = live_app(tui_config, "strip-auth", only=("golden-path",))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for_run(app, pilot)
+        model = app.state
+    stages = to_json(model)["probes"][0]["stages"]
+    connect = next(s for s in stages if s["name"] == "connect")
+    assert connect["evidence"]["kind"] == "connect" and connect["evidence"]["http_status"] == 401
+    assert "eyJhbGciOi…" in connect["evidence"]["request_headers"]["Authorization"]
+    markdown = write_markdown(model)
+    assert "request headers (as sent):" in markdown and "answer: HTTP 401" in markdown
+    probe = model.probes["golden-path"]
+    assert any("missing token" in line for line in stage_lines(probe, probe.stages["connect"]))
