@@ -92,6 +92,23 @@ async def shoot_console(filename: str = "screenshot-console.svg") -> None:
     print(DOCS / filename)
 
 
+async def shoot_stage(filename: str = "screenshot-stage.svg") -> None:
+    """strip-auth, the Stages pane picked with `s`: the connect stage's whole evidence in the Frame pane."""
+    config = load_config(None)
+    app = StagewatchApp(config, resolve_target(config, "sandbox"), RunOptions(fault="strip-auth",
+                                                                              only=("golden-path",)), None)
+    async with app.run_test(size=SIZE) as pilot:
+        deadline = time.monotonic() + 30
+        while app.state.finished is None or app.state.running:
+            if time.monotonic() > deadline:
+                raise SystemExit("the strip-auth run did not finish")
+            await pilot.pause(0.05)
+        await pilot.press("s")
+        await pilot.pause(0.5)
+        app.save_screenshot(filename, path=str(DOCS))
+    print(DOCS / filename)
+
+
 HOLD = """
 default_target: sandbox
 targets:
@@ -127,9 +144,11 @@ async def shoot_sessions(filename: str = "screenshot-sessions.svg") -> None:
 
 
 if __name__ == "__main__":
-    wanted = set(sys.argv[1:]) or {"none", "closed-before-ready", "watch", "console", "sessions"}
+    wanted = set(sys.argv[1:]) or {"none", "closed-before-ready", "watch", "console", "sessions", "stage"}
     if "sessions" in wanted:
         asyncio.run(shoot_sessions())
+    if "stage" in wanted:
+        asyncio.run(shoot_stage())
     if "console" in wanted:
         asyncio.run(shoot_console())
     for fault_name, name in SHOTS.items():

@@ -381,8 +381,8 @@ class FrameDetail(VerticalScroll):
         body = self.query_one("#frame-detail-body", Static)
         self._shown = ("stage", title, tuple(lines))
         self.text = "\n".join(visible(line) for line in lines)
-        body.update(Content.assemble(Content.styled(visible(title), "bold $text-accent"), "\n\n",
-                                     Content(self.text)))
+        first, _, rest = self.text.partition("\n")  # the stage's own line stands out; the title is the border's
+        body.update(Content.assemble(Content.styled(first, "bold $text-accent"), "\n", Content(rest)))
         self._lines = -1
 
     def show(self, selected: tuple[Frame, FrameInfo, int] | None) -> None:
