@@ -110,3 +110,33 @@ def stage_lines(probe: ProbeModel, stage: StageModel, now: float | None = None) 
         if d.get("next_step"):
             lines.append(f"  next: {d['next_step']}")
     return lines
+
+
+def waterfall_lines(probe: ProbeModel, width: int = 40, now_t: float | None = None) -> list[str]:
+    """The probe's stages as bars on one time axis (a browser's network view): where each stage began and how long
+    it took; a running stage grows to `now_t` (session seconds). Empty when nothing has started."""
+    spans: list[tuple[str, float, float, str]] = []
+    for stage in probe.stages.values():
+        if stage.started_t is None:
+            continue
+        if stage.duration_ms is not None:
+            end = stage.started_t + stage.duration_ms / 1000.0
+        elif stage.status == "running" and now_t is not None:
+            end = max(stage.started_t, now_t)
+        else:
+            end = stage.started_t
+        spans.append((stage.name, stage.started_t, end, stage.status))
+    if not spans:
+        return []
+    t0 = min(s for _, s, _, _ in spans)
+    total = max(max(e for _, _, e, _ in spans) - t0, 1e-6)
+    name_w = max(len(n) for n, _, _, _ in spans)
+    lines = [f"{'':<{name_w}}  0{'':<{width - 8}}{total * 1000:>6.0f} ms"]
+    for name, start, end, status in spans:
+        left = int((start - t0) / total * width)
+        size = max(1, round((end - start) / total * width)) if end > start else 1
+        size = min(size, width - left) or 1
+        mark = {"fail": "▓", "error": "▓", "running": "▒", "skip": "·"}.get(status, "█")
+        lines.append(f"{name:<{name_w}}  {' ' * left}{mark * size}{' ' * (width - left - size)}  "
+                     f"{(end - start) * 1000:7.1f} ms")
+    return lines

@@ -53,3 +53,19 @@ async def test_reports_carry_each_stages_evidence(tui_config):  # noqa: F811
     assert "request headers (as sent):" in markdown and "answer: HTTP 401" in markdown
     probe = model.probes["golden-path"]
     assert any("missing token" in line for line in stage_lines(probe, probe.stages["connect"]))
+
+
+async def test_the_waterfall_puts_each_stage_on_one_time_axis(tui_config):  # noqa: F811
+    from probes.evidence_view import waterfall_lines
+
+    app = live_app(tui_config, "strip-auth", only=("golden-path",))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for_run(app, pilot)
+        await wait_until(pilot, lambda: "waterfall" in str(app.query_one("#frame-detail-body").render()))
+        probe = app.state.probes["golden-path"]
+    lines = waterfall_lines(probe, 40)
+    rows = {line.split()[0]: line for line in lines[1:]}
+    assert list(rows)[:3] == ["health", "auth", "connect"] and "▓" in rows["connect"]  # the failing stage
+    starts = [rows[n].index(next(c for c in rows[n][len(n):] if c in "█▓▒·"), len(n)) for n in ("health", "auth",
+                                                                                                 "connect")]
+    assert starts == sorted(starts)  # one after the other on the shared axis

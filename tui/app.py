@@ -38,7 +38,7 @@ from probes.alerts import flip_payload, run_on_change
 from probes.bus import EventBus
 from probes.config import Config, ConfigError, ResolvedTarget, resolve_target
 from probes.events import Closed, Event, Frame, Notice
-from probes.evidence_view import stage_lines
+from probes.evidence_view import stage_lines, waterfall_lines
 from probes.frames import FrameInfo, pretty
 from probes.model import ProbeModel
 from probes.recording import Recorder, RecordingError, Replay, default_recordings_dir, read_recording
@@ -556,7 +556,12 @@ class StagewatchApp(App[int]):
                 self._show_stage(stage)
         elif not (moved and frames.follow) or now - self._detail_at >= DETAIL_EVERY:  # following a flood: 4/s
             self._detail_at = now
-            detail.show(frames.selected())
+            selected = frames.selected()
+            if selected is None:  # nothing to show of a frame: the probe's waterfall
+                shown, _words = self._shown_model()
+                detail.set_waterfall(waterfall_lines(shown, max(20, detail.size.width - 30), self.session_t())
+                                     if shown else [])
+            detail.show(selected)
         return moved
 
     def _stage_shown(self) -> str | None:

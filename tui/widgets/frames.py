@@ -372,9 +372,17 @@ class FrameDetail(VerticalScroll):
         self._shown: object = _UNSET  # the frame on show, compared by identity (frames are immutable)
         self._lines = -1
         self.text = ""
+        self.waterfall: list[str] = []  # the focused probe's stages on a time axis, shown when no frame is selected
 
     def compose(self) -> ComposeResult:
         yield Static(id="frame-detail-body", markup=False)
+
+    def set_waterfall(self, lines: list[str]) -> None:
+        """The probe's waterfall for the empty state (drawn at the next `show(None)` when it changed)."""
+        if lines != self.waterfall:
+            self.waterfall = lines
+            if self._shown is None:
+                self._shown = _UNSET
 
     def show_lines(self, title: str, lines: list[str]) -> None:
         """A stage's evidence (probes/evidence_view.py) instead of a frame; outside text made visible."""
@@ -394,7 +402,9 @@ class FrameDetail(VerticalScroll):
         if selected is None:
             self.text = ""
             self._lines = -1
-            body.update(Content.styled("no frame selected", "$text-muted"))
+            body.update(Content.styled("no frame selected", "$text-muted") if not self.waterfall else
+                        Content.assemble(Content.styled("waterfall (no frame selected)", "bold $text-accent"), "\n",
+                                         Content("\n".join(visible(line) for line in self.waterfall))))
             return
         frame, info, _seq = selected
         arrow, ms, size, kind, _summary = frame_line(frame, info)
