@@ -13,10 +13,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import jwt
 
-from .config import Auth, Protocol
+from .config import Auth, AuthEndpoint, Protocol
+from .frames import get_path, parse_json
 from .handoff import read_handoff
+from .net import BodyTooLarge, bounded_request, http_error
 from .redact import redact_token
 
 # RFC 7230 "token" characters: what a Sec-WebSocket-Protocol value may contain.
@@ -136,3 +139,20 @@ def token_from_subprotocol(value: str, prefix: str = "jwt.") -> str | None:
         return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode("utf-8")
     except (ValueError, UnicodeDecodeError):
         return None
+
+
+async def fetch_token(http: httpx.AsyncClient, endpoint: AuthEndpoint, limit: float) -> TokenInfo:
+    """A token from the auth endpoint (auth.mode endpoint), bounded by `limit`; AuthError with one line if not.
+    The caller checks the endpoint's host is one of the target's first."""
+    try:
+        resp = await bounded_request(http, endpoint.method, endpoint.url, limit, json=endpoint.json_body)
+    except BodyTooLarge as exc:
+        raise AuthError(f"auth endpoint: {exc}") from None
+    except httpx.HTTPError as exc:
+        raise AuthError(f"auth endpoint: {http_error(exc, limit)[1]}") from None
+    if resp.status_code >= 400:
+        raise AuthError(f"auth endpoint answered HTTP {resp.status_code}")
+    token = get_path(parse_json(resp.text), endpoint.token_field)
+    if not isinstance(token, str) or not token:
+        raise AuthError(f"auth endpoint response has no '{endpoint.token_field}'")
+    return TokenInfo(token, "auth endpoint", decode_unverified(token))

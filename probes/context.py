@@ -18,8 +18,8 @@ from .clock import Clock
 from .config import Protocol, ResolvedTarget, Timeouts
 from .events import Event, Frame
 from .evidence import EchoCheck
-from .frames import get_path, parse_json
-from .net import BodyTooLarge, HostNotAllowed, bounded_request, http_error, is_loopback
+from .frames import parse_json
+from .net import BodyTooLarge, HostNotAllowed, bounded_request, is_loopback
 from .redact import Redactor
 from .session import Message, Session
 
@@ -134,18 +134,9 @@ class ProbeContext:
         assert a.endpoint is not None and self.run.http is not None
         self.run.check_host(a.endpoint.url)
         try:
-            resp = await bounded_request(self.run.http, a.endpoint.method, a.endpoint.url, limit,
-                                         json=a.endpoint.json_body)
-        except BodyTooLarge as exc:
-            raise StageFailed(f"auth endpoint: {exc}") from None
-        except httpx.HTTPError as exc:
-            raise StageFailed(f"auth endpoint: {http_error(exc, limit)[1]}") from None
-        if resp.status_code >= 400:
-            raise StageFailed(f"auth endpoint answered HTTP {resp.status_code}")
-        token = get_path(parse_json(resp.text), a.endpoint.token_field)
-        if not isinstance(token, str) or not token:
-            raise StageFailed(f"auth endpoint response has no '{a.endpoint.token_field}'")
-        return authmod.TokenInfo(token, "auth endpoint", authmod.decode_unverified(token))
+            return await authmod.fetch_token(self.run.http, a.endpoint, limit)
+        except authmod.AuthError as exc:
+            raise StageFailed(str(exc)) from None
 
     async def echo_check(self, limit: float) -> EchoCheck | None:
         """Ask the target's header-echo endpoint (if configured) whether our credentials reach the backend,

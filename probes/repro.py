@@ -34,12 +34,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from .auth import AuthError, TokenInfo, decode_unverified, mint_token, token_from_env
+from .auth import AuthError, TokenInfo, fetch_token, mint_token, token_from_env
 from .config import CREDENTIAL_HEADERS, ResolvedTarget
 from .context import ws_url_for
-from .frames import get_path, parse_json
 from .handoff import read_handoff
-from .net import BodyTooLarge, bounded_request, http_error, is_loopback
+from .net import is_loopback
 from .sanitize import one_line
 
 FORMS = ("websocat", "python", "wscat", "curl")
@@ -531,22 +530,10 @@ def get_token(target: ResolvedTarget, env: Mapping[str, str] | None = None) -> T
 
 async def _fetch_token(target: ResolvedTarget) -> TokenInfo:
     endpoint = target.auth.endpoint
-    assert endpoint is not None  # the config requires it for auth.mode endpoint
-    limit = target.timeouts.http
+    assert endpoint is not None  # the config requires it for auth.mode endpoint (on one of the target's hosts)
     loopback = is_loopback(urlsplit(endpoint.url).hostname)
     async with httpx.AsyncClient(verify=target.verify_tls, follow_redirects=False, trust_env=not loopback) as http:
-        try:
-            resp = await bounded_request(http, endpoint.method, endpoint.url, limit, json=endpoint.json_body)
-        except BodyTooLarge as exc:
-            raise AuthError(f"auth endpoint: {exc}") from None
-        except httpx.HTTPError as exc:
-            raise AuthError(f"auth endpoint: {http_error(exc, limit)[1]}") from None
-    if resp.status_code >= 400:
-        raise AuthError(f"auth endpoint answered HTTP {resp.status_code}")
-    token = get_path(parse_json(resp.text), endpoint.token_field)
-    if not isinstance(token, str) or not token:
-        raise AuthError(f"auth endpoint response has no '{endpoint.token_field}'")
-    return TokenInfo(token, "auth endpoint", decode_unverified(token))
+        return await fetch_token(http, endpoint, target.timeouts.http)
 
 
 def wait_for_target(target: ResolvedTarget, limit_s: float, env: Mapping[str, str] | None = None) -> bool:
