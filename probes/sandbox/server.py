@@ -477,6 +477,7 @@ class Sandbox:
 
     def _json(self, conn: ServerConnection, status: int, body: dict[str, Any]) -> Response:
         resp = conn.respond(status, json.dumps(body))
+        del resp.headers["Content-Type"]  # respond() set text/plain: one Content-Type, not two
         resp.headers["Content-Type"] = "application/json"
         del resp.headers["Date"]
         resp.headers["Date"] = self._date()
