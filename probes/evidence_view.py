@@ -24,7 +24,15 @@ from .frames import classify
 from .model import ProbeModel, StageModel
 
 BODY_CHARS = 2000
-SKIP_FIELDS = {"kind", "request_headers", "response_headers", "body", "hop", "echo"}
+SKIP_FIELDS = {"kind", "request_headers", "response_headers", "body", "hop", "echo", "timing"}
+
+
+def timing_words(timing: dict[str, Any] | None) -> str:
+    """'dns 0.1 ms · tcp 0.3 ms · tls 4.2 ms · upgrade 2.0 ms' (TLS only for wss)."""
+    if not timing:
+        return ""
+    parts = [f"{k[:-3]} {v:.1f} ms" for k, v in timing.items() if k.endswith("_ms") and isinstance(v, (int, float))]
+    return " · ".join(parts)
 
 
 def _pretty(body: str) -> str:
@@ -91,6 +99,14 @@ def stage_lines(probe: ProbeModel, stage: StageModel, now: float | None = None) 
         if record.get("body"):
             lines += ["body:", *("  " + line for line in _pretty(record["body"]).splitlines())]
         lines += _hop(record.get("hop"))
+        timing = record.get("timing") or {}
+        if timing:
+            lines += ["", f"timing: {timing_words(timing)}"]
+            if timing.get("tls_version"):
+                lines.append(f"tls: {timing['tls_version']} {timing.get('tls_cipher', '')}".rstrip())
+            if timing.get("cert_subject"):
+                lines.append(f"certificate: {timing['cert_subject']} · issuer {timing.get('cert_issuer')} · "
+                             f"expires {timing.get('cert_expires')}")
     else:
         frames = [f for f in probe.last_frames if isinstance(f, Frame)]
         if frames and stage.step in ("expect", "send", "expect_events"):

@@ -20,6 +20,7 @@ import orjson
 from .bus import EventBus
 from .closecodes import close_sentence
 from .config import Config, ResolvedTarget
+from .evidence_view import timing_words
 from .events import (Closed, Diagnosed, Event, Notice, ProbeFinished, ProbeStarted, Queued, RunFinished, RunStarted,
                      StageFinished)
 from .recording import Recorder
@@ -114,6 +115,9 @@ class Printer:
             p = probe.priority if probe else 0
             self._w(f"P{p} {e.probe_id:<14} {e.stage:<12} {self._c(f'{word:<5}', code)} "
                     f"{e.duration_ms:>8.1f} ms  {e.detail}")
+            split = timing_words(getattr(e.evidence, "timing", None)) if self.verbose else ""
+            if split:  # -v: where the connect's time went
+                self._w(f"   {'':<14} {'':<12} {self._c('timing', '2')}   {split}")
         elif isinstance(e, Closed):
             if e.by != "client" or e.code != 1000:
                 self._w(f"{pad} {'close':<12} {self._c(close_sentence(e.code, e.reason, e.by, e.after_ms), '35')}")

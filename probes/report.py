@@ -27,6 +27,7 @@ def probe_record(p: ProbeModel) -> dict[str, Any]:
         "duration_ms": p.duration_ms,
         "stages": [{"name": s.name, "status": s.status, "duration_ms": s.duration_ms, "detail": s.detail,
                     **({"hop": _hop_record(s)} if _hop_record(s) else {}),
+                    **({"timing": _timing(s)} if _timing(s) else {}),
                     **({"evidence": s.evidence.to_record()} if s.evidence is not None else {})}
                    for s in p.done_stages],
         "close": p.close_record(),
@@ -37,6 +38,14 @@ def probe_record(p: ProbeModel) -> dict[str, Any]:
         **({"sessions": {**p.hold.summary(), "diagnoses": [d["code"] for d in p.diagnoses]}}
            if p.hold is not None else {}),
     }
+
+
+def _timing(stage: Any) -> dict[str, Any] | None:
+    """A connect stage's split: {dns_ms, tcp_ms, tls_ms, upgrade_ms}."""
+    timing = getattr(stage.evidence, "timing", None) if stage.evidence is not None else None
+    if not isinstance(timing, dict) or not timing:
+        return None
+    return {k: v for k, v in timing.items() if k.endswith("_ms")}
 
 
 def _hop_record(stage: Any) -> dict[str, Any] | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import ssl
 import time
 from collections import deque
@@ -59,6 +60,54 @@ class _Connect(connect):
     it would carry never leaves for a host nobody named."""
 
     follow_to: frozenset[str] = frozenset()
+    split: bool = True  # measure DNS / TCP / TLS apart (not for held sessions: thousands, nobody reads it)
+    timing: dict[str, Any] | None = None  # what the opening took: dns_ms, tcp_ms, tls_ms (+ TLS facts)
+
+    async def open_tcp_connection(self) -> Any:
+        """The connection with its time split: DNS, TCP, TLS, each measured (the upgrade is the rest). Only where
+        nothing else shapes the connection (no proxy, no socket given); else websockets' own path, unsplit."""
+        kwargs = self.create_connection_kwargs
+        proxy = _env_proxy(self.ws_uri) if self.proxy is True else self.proxy
+        if not self.split or proxy is not None or kwargs.get("sock") is not None or kwargs.get("unix"):
+            return await super().open_tcp_connection()
+        loop = asyncio.get_running_loop()
+        uri = self.ws_uri
+        t0 = time.monotonic()
+        infos = await loop.getaddrinfo(uri.host, uri.port, type=socket.SOCK_STREAM)
+        t1 = time.monotonic()
+        last: OSError | None = None
+        sock: socket.socket | None = None
+        for family, kind, proto, _canonical, address in infos:
+            sock = socket.socket(family, kind, proto)
+            sock.setblocking(False)
+            try:
+                await loop.sock_connect(sock, address)
+                break
+            except OSError as exc:
+                sock.close()
+                sock, last = None, exc
+        if sock is None:
+            raise last or OSError(f"no address for {uri.host}")
+        t2 = time.monotonic()
+        extra: dict[str, Any] = {}
+        if uri.secure:
+            extra = {"ssl": kwargs.get("ssl", True), "server_hostname": kwargs.get("server_hostname", uri.host)}
+        try:
+            _, connection = await loop.create_connection(lambda: self.factory(uri), sock=sock, **extra)
+        except BaseException:
+            sock.close()
+            raise
+        t3 = time.monotonic()
+        self.timing = {"dns_ms": round((t1 - t0) * 1000, 2), "tcp_ms": round((t2 - t1) * 1000, 2),
+                       "tls_ms": round((t3 - t2) * 1000, 2) if uri.secure else None}
+        tls = connection.transport.get_extra_info("ssl_object") if uri.secure else None
+        if tls is not None:
+            self.timing.update({"tls_version": tls.version(), "tls_cipher": (tls.cipher() or ("",))[0]})
+            cert = tls.getpeercert() or {}
+            if cert:
+                self.timing.update({"cert_subject": _name(cert.get("subject")),
+                                    "cert_issuer": _name(cert.get("issuer")), "cert_expires": cert.get("notAfter")})
+        return connection
 
     def process_redirect(self, exc: Exception) -> Exception | str:
         if not self.follow_to:
@@ -90,10 +139,18 @@ async def open_connection(url: str, *, subprotocols: list[str] | None, headers: 
                        max_size=max_size, create_connection=TappedConnection, ping_interval=ping_interval,
                        **kwargs)
     opening.follow_to = follow_redirects_to
+    opening.split = not lean
+    started = time.monotonic()
     ws = await opening
     assert isinstance(ws, TappedConnection)
     if lean:
         _shed_handshake(ws)
+    elif opening.timing is not None:  # the upgrade: the rest, up to the 101 as read off the socket
+        split = dict(opening.timing)
+        spent = sum(v for k, v in split.items() if k.endswith("_ms") and isinstance(v, (int, float)))
+        accepted = ws.accepted_at or time.monotonic()
+        split["upgrade_ms"] = round(max(0.0, (accepted - started) * 1000 - spent), 2)
+        ws.timing = split
     return ws
 
 
@@ -106,6 +163,24 @@ def _shed_handshake(ws: TappedConnection) -> None:
     if ws.response is not None:
         ws.response.headers = Headers()
     ws.protocol.available_subprotocols = None
+
+
+def _env_proxy(uri: Any) -> str | None:
+    """The proxy websockets would take from the environment for `uri` (None: none; websockets < 15 has none)."""
+    try:
+        from websockets.proxy import get_proxy
+    except ImportError:
+        return None
+    return get_proxy(uri)
+
+
+def _name(rdns: Any) -> str:
+    """A certificate's subject or issuer ((('commonName', 'x'),), …) as 'CN=x, O=y'."""
+    short = {"commonName": "CN", "organizationName": "O", "countryName": "C", "organizationalUnitName": "OU"}
+    try:
+        return ", ".join(f"{short.get(k, k)}={v}" for rdn in rdns or () for k, v in rdn)
+    except (TypeError, ValueError):
+        return ""
 
 
 def close_facts(ws: TappedConnection) -> tuple[int, str, str, float]:

@@ -28,6 +28,7 @@ class TappedConnection(ClientConnection):
     close_frame_at: float | None = None  # monotonic time the peer's close frame was parsed
     lost_at: float | None = None  # monotonic time the TCP connection ended
     failed_at: float | None = None  # monotonic time we failed the connection (sent a close the peer did not ask for)
+    timing: dict[str, object] | None = None  # how long opening took: dns_ms, tcp_ms, tls_ms, upgrade_ms (+ TLS facts)
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]

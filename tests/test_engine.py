@@ -140,7 +140,7 @@ async def test_json_and_junit_reports_follow_the_contract(fast_config):
     assert set(golden) >= {"id", "name", "priority", "status", "duration_ms", "stages", "close", "diagnoses",
                            "frames_in", "frames_out"}
     stage_keys = {"name", "status", "duration_ms", "detail"}
-    assert stage_keys <= set(golden["stages"][0]) <= stage_keys | {"hop", "evidence"}  # who answered; what it saw
+    assert stage_keys <= set(golden["stages"][0]) <= stage_keys | {"hop", "evidence", "timing"}  # who answered; what
     assert set(golden["close"]) == {"code", "name", "reason", "by", "after_ms"}
     assert golden["diagnoses"][0]["code"] == "closed-before-ready"
     assert set(golden["diagnoses"][0]) >= {"code", "summary", "evidence"}

@@ -591,6 +591,9 @@ async def test_insecure_opts_out_of_tls_verification(fast: Config, self_signed: 
         cli = await asyncio.to_thread(_cli_run, ["--url", url, "--insecure", "--only", "health"])
     assert run.result.verdict == "pass", [e.detail for e in run.of(StageFinished)]
     assert cli.returncode == 0, cli.stdout + cli.stderr
+    timing = run.stage("connect").evidence.timing  # the opening split, TLS measured apart
+    assert {"dns_ms", "tcp_ms", "tls_ms", "upgrade_ms"} <= set(timing) and timing["tls_ms"] > 0
+    assert timing["tls_version"].startswith("TLSv1.")
 
 
 def test_resolve_target_rejects_nothing_it_should_accept() -> None:

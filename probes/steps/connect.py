@@ -45,6 +45,7 @@ class ConnectEvidence(StepEvidence):
     secret_missing: bool = False
     hop: dict[str, Any] | None = None  # who answered the upgrade (probes/hops.py): the backend, or a named proxy
     request_headers: dict[str, str] = field(default_factory=dict)  # the upgrade's headers we set, redacted
+    timing: dict[str, Any] = field(default_factory=dict)  # dns_ms, tcp_ms, tls_ms, upgrade_ms (+ TLS version, cert)
 
 
 class Connect(StepKind):
@@ -146,6 +147,7 @@ class Connect(StepKind):
             ev.error, text = os_error(exc)
             raise StageFailed(f"{text} ({urlsplit(url).netloc})", evidence=ev) from None
         resp_headers = ws.response.headers if ws.response is not None else None
+        ev.timing = dict(ws.timing or {})
         echoed = ws.subprotocol
         ev.http_status = 101
         ev.subprotocol_echoed = ctx.redact(echoed) if echoed else None
