@@ -146,13 +146,23 @@ def waterfall_lines(probe: ProbeModel, width: int = 40, now_t: float | None = No
         return []
     t0 = min(s for _, s, _, _ in spans)
     total = max(max(e for _, _, e, _ in spans) - t0, 1e-6)
-    name_w = max(len(n) for n, _, _, _ in spans)
+    name_w = max(8, max(len(n) for n, _, _, _ in spans))
     lines = [f"{'':<{name_w}}  0{'':<{width - 8}}{total * 1000:>6.0f} ms"]
-    for name, start, end, status in spans:
-        left = int((start - t0) / total * width)
+    def bar(label: str, start: float, end: float, mark: str) -> str:
+        left = min(width - 1, int((start - t0) / total * width))
         size = max(1, round((end - start) / total * width)) if end > start else 1
         size = min(size, width - left) or 1
-        mark = {"fail": "▓", "error": "▓", "running": "▒", "skip": "·"}.get(status, "█")
-        lines.append(f"{name:<{name_w}}  {' ' * left}{mark * size}{' ' * (width - left - size)}  "
-                     f"{(end - start) * 1000:7.1f} ms")
+        return f"{label:<{name_w}}  {' ' * left}{mark * size}{' ' * (width - left - size)}  " \
+               f"{(end - start) * 1000:7.1f} ms"
+
+    for name, start, end, status in spans:
+        lines.append(bar(name, start, end, {"fail": "▓", "error": "▓", "running": "▒", "skip": "·"}.get(status, "█")))
+        timing = getattr(probe.stages[name].evidence, "timing", None)
+        if isinstance(timing, dict) and timing:  # the connect's split, each part where it fell
+            at = start
+            for part in ("dns", "tcp", "tls", "upgrade"):
+                ms = timing.get(f"{part}_ms")
+                if isinstance(ms, (int, float)):
+                    lines.append(bar(f" {part}", at, at + ms / 1000.0, "▪"))
+                    at += ms / 1000.0
     return lines

@@ -69,3 +69,16 @@ async def test_the_waterfall_puts_each_stage_on_one_time_axis(tui_config):  # no
     starts = [rows[n].index(next(c for c in rows[n][len(n):] if c in "█▓▒·"), len(n)) for n in ("health", "auth",
                                                                                                  "connect")]
     assert starts == sorted(starts)  # one after the other on the shared axis
+
+
+async def test_v_shows_a_healthy_runs_waterfall_with_the_connect_split(tui_config):  # noqa: F811
+    app = live_app(tui_config, only=("golden-path",))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for_run(app, pilot)
+        await pilot.press("v")
+        await wait_until(pilot, lambda: "upgrade" in detail_text(app))
+        text = detail_text(app)
+        for stage in ("health", "auth", "connect", " dns", " tcp", "handshake", "message", "agent", "response"):
+            assert stage in text, (stage, text)
+        await pilot.press("v")
+        await wait_until(pilot, lambda: "upgrade " not in detail_text(app))

@@ -117,6 +117,8 @@ class StagewatchApp(App[int]):
                 tooltip="Watch: show a later round; past the newest, back to the live one"),
         Binding("t", "panel", "Panel", id="panel",
                 tooltip="Watch: the right-hand pane shows the timeline, per-stage latency or the frame detail"),
+        Binding("v", "waterfall", "Waterfall", id="waterfall", show=False,
+                tooltip="The focused probe's stages on one time axis (connect split into DNS/TCP/TLS/upgrade)"),
         Binding("s", "stages", "Stages", id="stages", show=False,
                 tooltip="Pick a stage (↑/↓): its whole evidence in the Frame pane; enter opens it whole; esc back"),
         Binding("x", "console", "Console", id="console", show=False,
@@ -549,7 +551,11 @@ class StagewatchApp(App[int]):
         detail = self.query_one("#detail", FrameDetail)
         now = time.monotonic()
         stage = self._stage_shown()
-        if stage is not None:  # a stage picked in the Stages pane: its evidence, live
+        if self._detail_mode == "waterfall":
+            if now - self._detail_at >= DETAIL_EVERY:
+                self._detail_at = now
+                self._show_waterfall()
+        elif stage is not None:  # a stage picked in the Stages pane: its evidence, live
             if now - self._detail_at >= DETAIL_EVERY or self.focus_probe in self._detail_stale:
                 self._detail_at = now
                 self._detail_stale.clear()
@@ -577,6 +583,24 @@ class StagewatchApp(App[int]):
         self.query_one("#detail", FrameDetail).show_lines(f"Stage · {name}", stage_lines(probe, stage, self.now()))
         self.query_one("#detail").border_title = f"Stage · {name}"
 
+    def action_waterfall(self) -> None:
+        """v: the waterfall in the Frame pane (again: back to the frame)."""
+        if self._detail_mode == "waterfall":
+            self._detail_mode = "frame"
+            self.query_one("#detail").border_title = "Frame"
+            self.query_one("#detail", FrameDetail).show(self.query_one("#frames", FrameList).selected())
+            return
+        self._detail_mode = "waterfall"
+        self._show_waterfall()
+
+    def _show_waterfall(self) -> None:
+        probe, _words = self._shown_model()
+        detail = self.query_one("#detail", FrameDetail)
+        lines = waterfall_lines(probe, max(20, detail.size.width - 30), self.session_t()) if probe else []
+        title = f"Waterfall · {probe.id}" if probe else "Waterfall"
+        detail.show_lines(title, [title] + (lines or ["no stage has started yet"]))
+        detail.border_title = title
+
     def action_stages(self) -> None:
         self.query_one("#stages", StagePane).enter()
 
@@ -593,7 +617,7 @@ class StagewatchApp(App[int]):
 
     def on_descendant_focus(self, event: object) -> None:
         focused = self.focused
-        if focused is not None and focused.id == "frames" and self._detail_mode == "stage":
+        if focused is not None and focused.id == "frames" and self._detail_mode != "frame":
             self._detail_mode = "frame"  # back to the frames: the frame detail again
             self.query_one("#detail").border_title = "Frame"
             self.query_one("#detail", FrameDetail).show(self.query_one("#frames", FrameList).selected())

@@ -27,6 +27,7 @@ HELP = """\
 | `[` / `]` | watch: show an earlier / later round (also `←` `→` on the queue, or click a history cell); `esc` back to live |
 | `t` | watch: the right-hand pane shows the timeline, per-stage latency, or the frame detail |
 | `s` | the Stages pane: `↑`/`↓` (or a click) pick a stage and the Frame pane shows its whole evidence — the request and answer with headers (credentials redacted), the token's claims and expiry, the upgrade as sent and answered, the frames with their gaps, what the diagnosis cites; `enter` opens it whole, `c` copies it; `esc`/`tab` back |
+| `v` | the focused probe's waterfall in the Frame pane: each stage a bar on one time axis, connect split into DNS / TCP / TLS / upgrade (again: back to the frame) |
 | `x` | the console: your own session on the target — compose JSON (templates, saved, `↑`/`↓` history), `ctrl+s` send, `ctrl+g` ping, `ctrl+k` close with the code and reason given, `ctrl+r` reconnect with the token transport, headers (`X-A: 1; -X-E2E-Test`), claims (`sub=other exp=-60`) or subprotocol set above, `ctrl+b` save the message |
 | `m` | auth-path matrix: one connection per token transport (subprotocol, header, query, both, none), what the backend received, one conclusion |
 | `d` | compare two runs: this round and the one before (watch), else the last recording of this queue and this session |
