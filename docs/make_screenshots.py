@@ -109,6 +109,22 @@ async def shoot_stage(filename: str = "screenshot-stage.svg") -> None:
     print(DOCS / filename)
 
 
+async def shoot_waterfall(filename: str = "screenshot-waterfall.svg") -> None:
+    """A healthy golden path, `v`: its stages on one time axis, connect split into DNS / TCP / upgrade."""
+    config = load_config(None)
+    app = StagewatchApp(config, resolve_target(config, "sandbox"), RunOptions(only=("golden-path",)), None)
+    async with app.run_test(size=SIZE) as pilot:
+        deadline = time.monotonic() + 30
+        while app.state.finished is None or app.state.running:
+            if time.monotonic() > deadline:
+                raise SystemExit("the run did not finish")
+            await pilot.pause(0.05)
+        await pilot.press("v")
+        await pilot.pause(0.5)
+        app.save_screenshot(filename, path=str(DOCS))
+    print(DOCS / filename)
+
+
 HOLD = """
 default_target: sandbox
 targets:
@@ -144,11 +160,14 @@ async def shoot_sessions(filename: str = "screenshot-sessions.svg") -> None:
 
 
 if __name__ == "__main__":
-    wanted = set(sys.argv[1:]) or {"none", "closed-before-ready", "watch", "console", "sessions", "stage"}
+    wanted = set(sys.argv[1:]) or {"none", "closed-before-ready", "watch", "console", "sessions", "stage",
+                                     "waterfall"}
     if "sessions" in wanted:
         asyncio.run(shoot_sessions())
     if "stage" in wanted:
         asyncio.run(shoot_stage())
+    if "waterfall" in wanted:
+        asyncio.run(shoot_waterfall())
     if "console" in wanted:
         asyncio.run(shoot_console())
     for fault_name, name in SHOTS.items():
