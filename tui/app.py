@@ -581,7 +581,7 @@ class StagewatchApp(App[int]):
         if probe is None or stage is None:
             return
         self.query_one("#detail", FrameDetail).show_lines(f"Stage · {name}", stage_lines(probe, stage, self.now()))
-        self.query_one("#detail").border_title = f"Stage · {name}"
+        self.query_one("#detail").border_title = Content(one_line(f"Stage · {name}"))  # a config's name: text
 
     def action_waterfall(self) -> None:
         """v: the waterfall in the Frame pane (again: back to the frame)."""
@@ -608,7 +608,7 @@ class StagewatchApp(App[int]):
         probe, _words = self._shown_model()
         if probe is not None and message.stage in probe.stages:
             lines = stage_lines(probe, probe.stages[message.stage], self.now())
-            self.push_screen(TextReportScreen(f"Stage · {message.stage}", visible("\n".join(lines))))
+            self.push_screen(TextReportScreen(one_line(f"Stage · {message.stage}"), visible("\n".join(lines))))
 
     def on_stage_pane_selected(self, message: StagePane.Selected) -> None:
         self._detail_mode = "stage" if message.stage else "frame"

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import platformdirs
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -140,9 +141,10 @@ class ConsolePanel(Vertical):
         if self.templates:
             self.query_one(Composer).load_text(self.templates[0][1])
 
-    def _choices(self) -> list[tuple[str, str]]:
-        out = [(f"template: {one_line(label)}", text) for label, text in self.templates]
-        out += [(f"saved: {one_line(text)[:40]}", text) for text in self.saved]
+    def _choices(self) -> list[tuple[Text, str]]:
+        """Labels as Text: a template or a saved message is outside text, never markup."""
+        out = [(Text(f"template: {one_line(label)}"), text) for label, text in self.templates]
+        out += [(Text(f"saved: {one_line(text)[:40]}"), text) for text in self.saved]
         return out
 
     def on_select_changed(self, event: Select.Changed) -> None:

@@ -110,8 +110,9 @@ class SessionsPane(Vertical):
                              + (" · run lost" if e.run_lost else ""))
         elif row.last_failure:
             ended = one_line(f"refused: {row.last_failure}")
+        # Text, not str: a DataTable reads a str cell as markup, and a close reason is the server's text
         return [str(row.n), Text(state, style=STATE_STYLE.get(state, "bold yellow")), age, rtt,
-                sparkline(list(row.rtts)), ended, str(row.reopened) if row.reopened else ""]
+                sparkline(list(row.rtts)), Text(ended), str(row.reopened) if row.reopened else ""]
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         self._detail()

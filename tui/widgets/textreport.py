@@ -37,7 +37,7 @@ class TextReportScreen(ModalScreen[None]):
 
     def on_mount(self) -> None:
         box = self.query_one(ScrollableContainer)
-        box.border_title = self.title_text
+        box.border_title = Text(self.title_text)  # text, never markup
         box.border_subtitle = "c copies · esc closes"
         box.focus()
 
