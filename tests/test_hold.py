@@ -174,3 +174,27 @@ async def test_unanswered_pings_on_open_sockets_are_a_stall(monkeypatch):
     s = probe.hold.summary()
     assert s["pings_missed"] >= 3 and s["closed_total"] == 0 and s["stalled_sessions"] == 3
     assert probe.status == "fail" and probe.diagnoses[0]["code"] == "stall"
+
+
+async def test_a_hostile_close_reason_is_text_in_the_sessions_view():
+    """A server's reason with markup and an escape: shown as it is, escape made visible, never styled."""
+    from textual.app import App
+
+    from probes.holdfold import HoldFold
+    from tests.test_tui import screen_text
+
+    fold = HoldFold()
+    fold.apply(SessionChanged(0.0, "held", 1, "opened", 1700000000.0))
+    fold.apply(SessionChanged(1.0, "held", 1, "ended", 1700000001.0, 4000, "Application", "[red]boom[/red]\x1b[2J",
+                              "server", 1.0))
+
+    class Host(App[None]):
+        def compose(self):  # type: ignore[no-untyped-def]
+            yield SessionsPane()
+
+    app = Host()
+    async with app.run_test(size=(160, 20)) as pilot:
+        app.query_one(SessionsPane).show(fold, [], 1700000002.0)
+        await pilot.pause()
+        text = screen_text(app)  # type: ignore[arg-type]
+    assert "[red]boom[/red]" in text and "\\x1b[2J" in text
