@@ -148,6 +148,11 @@ def waterfall_lines(probe: ProbeModel, width: int = 40, now_t: float | None = No
     total = max(max(e for _, _, e, _ in spans) - t0, 1e-6)
     name_w = max(8, max(len(n) for n, _, _, _ in spans))
     lines = [f"{'':<{name_w}}  0{'':<{width - 8}}{total * 1000:>6.0f} ms"]
+    connect = next((st for st in probe.stages.values() if st.step == "connect" and st.started_t is not None
+                    and st.duration_ms is not None), None)
+    accepted = None if connect is None or connect.started_t is None or connect.duration_ms is None else \
+        connect.started_t + connect.duration_ms / 1000.0  # the frames' ms count from here (about)
+
     def bar(label: str, start: float, end: float, mark: str) -> str:
         left = min(width - 1, int((start - t0) / total * width))
         size = max(1, round((end - start) / total * width)) if end > start else 1
@@ -157,6 +162,15 @@ def waterfall_lines(probe: ProbeModel, width: int = 40, now_t: float | None = No
 
     for name, start, end, status in spans:
         lines.append(bar(name, start, end, {"fail": "▓", "error": "▓", "running": "▒", "skip": "·"}.get(status, "█")))
+        if probe.stages[name].step == "expect_events" and accepted is not None:  # each event a tick where it came
+            row = [" "] * width
+            for f in probe.last_frames:
+                if isinstance(f, Frame) and f.direction == "in":
+                    at = accepted + f.ms / 1000.0
+                    if start <= at <= max(end, start):
+                        row[min(width - 1, int((at - t0) / total * width))] = "|"
+            if "|" in row:
+                lines.append(f"{' events':<{name_w}}  {''.join(row)}")
         timing = getattr(probe.stages[name].evidence, "timing", None)
         if isinstance(timing, dict) and timing:  # the connect's split, each part where it fell
             at = start

@@ -80,5 +80,7 @@ async def test_v_shows_a_healthy_runs_waterfall_with_the_connect_split(tui_confi
         text = detail_text(app)
         for stage in ("health", "auth", "connect", " dns", " tcp", "handshake", "message", "agent", "response"):
             assert stage in text, (stage, text)
+        events = next(line for line in text.splitlines() if line.startswith(" events"))
+        assert events.count("|") >= 3  # the agent's events as ticks where they came (close ones may share one)
         await pilot.press("v")
         await wait_until(pilot, lambda: "upgrade " not in detail_text(app))
