@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from .events import Frame
@@ -128,7 +129,8 @@ def stage_lines(probe: ProbeModel, stage: StageModel, now: float | None = None) 
     return lines
 
 
-def waterfall_lines(probe: ProbeModel, width: int = 40, now_t: float | None = None) -> list[str]:
+def waterfall_lines(probe: ProbeModel, width: int = 40, now_t: float | None = None,
+                    frames: Iterable[Frame] | None = None) -> list[str]:
     """The probe's stages as bars on one time axis (a browser's network view): where each stage began and how long
     it took; a running stage grows to `now_t` (session seconds). Empty when nothing has started."""
     spans: list[tuple[str, float, float, str]] = []
@@ -164,7 +166,7 @@ def waterfall_lines(probe: ProbeModel, width: int = 40, now_t: float | None = No
         lines.append(bar(name, start, end, {"fail": "▓", "error": "▓", "running": "▒", "skip": "·"}.get(status, "█")))
         if probe.stages[name].step == "expect_events" and accepted is not None:  # each event a tick where it came
             row = [" "] * width
-            for f in probe.last_frames:
+            for f in probe.last_frames if frames is None else frames:
                 if isinstance(f, Frame) and f.direction == "in":
                     at = accepted + f.ms / 1000.0
                     if start <= at <= max(end, start):

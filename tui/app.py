@@ -596,7 +596,9 @@ class StagewatchApp(App[int]):
     def _show_waterfall(self) -> None:
         probe, _words = self._shown_model()
         detail = self.query_one("#detail", FrameDetail)
-        lines = waterfall_lines(probe, max(20, detail.size.width - 30), self.session_t()) if probe else []
+        buf = self.state.frames.get(probe.id) if probe else None  # the app keeps frames in its buffers
+        lines = waterfall_lines(probe, max(20, detail.size.width - 30), self.session_t(),
+                                buf.items[-2000:] if buf else None) if probe else []
         title = f"Waterfall · {probe.id}" if probe else "Waterfall"
         detail.show_lines(title, [title] + (lines or ["no stage has started yet"]))
         detail.border_title = title
