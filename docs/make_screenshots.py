@@ -28,15 +28,20 @@ DEPLOY = "0s ok@v1, 2s closed-before-ready@v2, 5s restart, 6.5s ok@v2"
 WATCH_S = 0.5  # between rounds: the deploy plays out in about ten seconds
 
 
+async def run_finished(app: StagewatchApp, pilot: object, why: str, limit: float = 30) -> None:
+    """Wait (bounded) until the app's run has finished; SystemExit(`why`) if it does not."""
+    deadline = time.monotonic() + limit
+    while app.state.finished is None or app.state.running:
+        if time.monotonic() > deadline:
+            raise SystemExit(why)
+        await pilot.pause(0.05)  # type: ignore[attr-defined]
+
+
 async def shoot(fault: str, filename: str) -> None:
     config = load_config(None)
     app = StagewatchApp(config, resolve_target(config, "sandbox"), RunOptions(fault=fault), None)
     async with app.run_test(size=SIZE) as pilot:
-        deadline = time.monotonic() + 30
-        while app.state.verdict is None or app.state.running:
-            if time.monotonic() > deadline:
-                raise SystemExit(f"the {fault} run did not finish")
-            await pilot.pause(0.05)
+        await run_finished(app, pilot, f"the {fault} run did not finish")
         await pilot.pause(0.3)
         app.save_screenshot(filename, path=str(DOCS))
     print(DOCS / filename)
@@ -98,11 +103,7 @@ async def shoot_stage(filename: str = "screenshot-stage.svg") -> None:
     app = StagewatchApp(config, resolve_target(config, "sandbox"), RunOptions(fault="strip-auth",
                                                                               only=("golden-path",)), None)
     async with app.run_test(size=SIZE) as pilot:
-        deadline = time.monotonic() + 30
-        while app.state.finished is None or app.state.running:
-            if time.monotonic() > deadline:
-                raise SystemExit("the strip-auth run did not finish")
-            await pilot.pause(0.05)
+        await run_finished(app, pilot, "the strip-auth run did not finish", 30)
         await pilot.press("s")
         await pilot.pause(0.5)
         app.save_screenshot(filename, path=str(DOCS))
@@ -114,11 +115,7 @@ async def shoot_waterfall(filename: str = "screenshot-waterfall.svg") -> None:
     config = load_config(None)
     app = StagewatchApp(config, resolve_target(config, "sandbox"), RunOptions(only=("golden-path",)), None)
     async with app.run_test(size=SIZE) as pilot:
-        deadline = time.monotonic() + 30
-        while app.state.finished is None or app.state.running:
-            if time.monotonic() > deadline:
-                raise SystemExit("the run did not finish")
-            await pilot.pause(0.05)
+        await run_finished(app, pilot, "the run did not finish", 30)
         await pilot.press("v")
         await pilot.pause(0.5)
         app.save_screenshot(filename, path=str(DOCS))
@@ -146,11 +143,7 @@ async def shoot_sessions(filename: str = "screenshot-sessions.svg") -> None:
     sandbox = SandboxOptions(fault="rolling-restart", rolling_at=2.0, drain_s=1.0, refuse_s=0.8)
     app = StagewatchApp(config, resolve_target(config, "sandbox"), RunOptions(sandbox_options=sandbox), None)
     async with app.run_test(size=SIZE) as pilot:
-        deadline = time.monotonic() + 40
-        while app.state.finished is None or app.state.running:
-            if time.monotonic() > deadline:
-                raise SystemExit("the hold did not finish")
-            await pilot.pause(0.05)
+        await run_finished(app, pilot, "the hold did not finish", 40)
         await pilot.pause(0.8)
         app.query_one("#sessions-table").focus()
         await pilot.press(*["down"] * 9)  # session 10: dropped without a close frame
