@@ -85,6 +85,15 @@ def decode_unverified(token: str) -> dict[str, Any]:
     return claims if isinstance(claims, dict) else {}
 
 
+def header_unverified(token: str) -> dict[str, Any]:
+    """A token's JOSE header (alg, typ, kid) without checking anything; {} when it is not a JWT."""
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError:
+        return {}
+    return header if isinstance(header, dict) else {}
+
+
 def token_from_env(auth: Auth, env: Mapping[str, str]) -> TokenInfo:
     token = env.get(auth.token_env, "").strip()  # a token pasted or read from a file often ends in a newline
     if not token:
@@ -141,11 +150,14 @@ def token_from_subprotocol(value: str, prefix: str = "jwt.") -> str | None:
         return None
 
 
-async def fetch_token(http: httpx.AsyncClient, endpoint: AuthEndpoint, limit: float) -> TokenInfo:
+async def fetch_token(http: httpx.AsyncClient, endpoint: AuthEndpoint, limit: float,
+                      headers: Mapping[str, str] | None = None) -> TokenInfo:
     """A token from the auth endpoint (auth.mode endpoint), bounded by `limit`; AuthError with one line if not.
-    The caller checks the endpoint's host is one of the target's first."""
+    The caller checks the endpoint's host is one of the target's first. `headers`: extra request headers (the
+    stage's `traceparent`)."""
     try:
-        resp = await bounded_request(http, endpoint.method, endpoint.url, limit, json=endpoint.json_body)
+        resp = await bounded_request(http, endpoint.method, endpoint.url, limit, json=endpoint.json_body,
+                                     headers=dict(headers or {}))
     except BodyTooLarge as exc:
         raise AuthError(f"auth endpoint: {exc}") from None
     except httpx.HTTPError as exc:

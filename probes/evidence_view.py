@@ -56,8 +56,62 @@ def _hop(record: Any) -> list[str]:
     return [f"hop: {how} {record['name']} ({record.get('kind')}): {record.get('why')}"]
 
 
-def stage_lines(probe: ProbeModel, stage: StageModel, now: float | None = None) -> list[str]:
-    """Every line of what `stage` of `probe` saw (see the module's docstring)."""
+def _accepted_t(probe: ProbeModel) -> float | None:
+    """When the upgrade was answered (session seconds), about: the frames' ms count from here."""
+    connect = next((st for st in probe.stages.values() if st.step == "connect" and st.started_t is not None
+                    and st.duration_ms is not None), None)
+    if connect is None or connect.started_t is None or connect.duration_ms is None:
+        return None
+    return connect.started_t + connect.duration_ms / 1000.0
+
+
+def _stage_end(stage: StageModel, now_t: float | None) -> float | None:
+    if stage.started_t is None:
+        return None
+    if stage.duration_ms is not None:
+        return stage.started_t + stage.duration_ms / 1000.0
+    return now_t if stage.status == "running" else stage.started_t
+
+
+def _stage_frames(probe: ProbeModel, stage: StageModel, frames: Iterable[Frame] | None,
+                  now_t: float | None) -> tuple[list[Frame], float | None]:
+    """The frames of `stage`: those that came or went after the stage before it ended and by the time this one
+    ended (a frame that arrives between stages is the next stage's: that stage reads it). For the first stage
+    after the upgrade, every frame up to its end. All the probe's last frames when the upgrade's time is not
+    known. Also the stage's start on the frames' clock (ms after the upgrade)."""
+    every = [f for f in (probe.last_frames if frames is None else frames) if isinstance(f, Frame)]
+    accepted, end = _accepted_t(probe), _stage_end(stage, now_t)
+    if accepted is None or stage.started_t is None:
+        return every, None
+    order = list(probe.stages.values())
+    before = order[order.index(stage) - 1] if stage in order and order.index(stage) > 0 else None
+    after_prev = _stage_end(before, now_t) if before is not None and before.step != "connect" else None
+    low = None if after_prev is None else (after_prev - accepted) * 1000.0
+    high = None if end is None else (end - accepted) * 1000.0
+    mine = [f for f in every if (low is None or f.ms > low) and (high is None or f.ms <= high + 0.5)]
+    return mine, (stage.started_t - accepted) * 1000.0
+
+
+def _event_axis(frames: list[Frame], start_ms: float, limit_s: float | None, took_ms: float | None,
+                width: int = 40) -> list[str]:
+    """The stage's time on one axis: a tick where each incoming event came and `◆` where the stage ended, and how
+    much of its limit it used (a stage stuck near its limit shows as a long empty run before `◆`)."""
+    last = max((f.ms - start_ms for f in frames), default=0.0)
+    span = max(took_ms or 0.0, last, 1.0)
+    row = ["─"] * width
+    for f in frames:
+        if f.direction == "in":
+            row[min(width - 1, max(0, int((f.ms - start_ms) / span * width)))] = "┃"
+    if took_ms is not None:
+        row[min(width - 1, int(took_ms / span * width))] = "◆"
+    used = f" · {span / (limit_s * 1000.0):.0%} of the {limit_s:g} s limit" if limit_s else ""
+    return ["", "time axis (┃ an event, ◆ the stage ended):", f"  0 {''.join(row)} {span:.0f} ms{used}"]
+
+
+def stage_lines(probe: ProbeModel, stage: StageModel, now: float | None = None,
+                frames: Iterable[Frame] | None = None, now_t: float | None = None) -> list[str]:
+    """Every line of what `stage` of `probe` saw (see the module's docstring). `frames`: a longer frame history
+    than the probe's last ones (the app's buffer); `now_t`: session seconds, for a running stage."""
     now = time.time() if now is None else now
     took = "" if stage.duration_ms is None else f" in {stage.duration_ms:.1f} ms"
     limit = f" (limit {stage.limit_s:g} s)" if stage.limit_s else ""
@@ -78,6 +132,13 @@ def stage_lines(probe: ProbeModel, stage: StageModel, now: float | None = None) 
         exp, iat = record.get("exp"), record.get("iat")
         lines += ["", f"token: {record.get('token') or '(none)'}", f"from: {record.get('source') or '?'}",
                   f"sub: {record.get('sub')}"]
+        if record.get("transports"):
+            lines.append(f"offered on: {', '.join(record['transports'])} (the connect's token transports)")
+        if record.get("header"):
+            lines.append("header: " + json.dumps(record["header"], ensure_ascii=False, sort_keys=True))
+        if record.get("claims"):
+            lines += ["claims (signature never shown):",
+                      *(f"  {k}: {json.dumps(v, ensure_ascii=False)}" for k, v in sorted(record["claims"].items()))]
         if iat:
             lines.append(f"issued: {time.strftime('%H:%M:%S', time.localtime(iat))}")
         if exp:
@@ -106,15 +167,21 @@ def stage_lines(probe: ProbeModel, stage: StageModel, now: float | None = None) 
             if timing.get("tls_version"):
                 lines.append(f"tls: {timing['tls_version']} {timing.get('tls_cipher', '')}".rstrip())
             if timing.get("cert_subject"):
-                lines.append(f"certificate: {timing['cert_subject']} · issuer {timing.get('cert_issuer')} · "
-                             f"expires {timing.get('cert_expires')}")
+                trust = ("verified" if timing.get("cert_verified") else "NOT verified (--insecure)")
+                if timing.get("cert_self_signed"):
+                    trust += ", self-signed"
+                lines += [f"certificate: {timing['cert_subject']}",
+                          f"  issuer {timing.get('cert_issuer')} · expires {timing.get('cert_expires')} · {trust}"]
     else:
-        frames = [f for f in probe.last_frames if isinstance(f, Frame)]
-        if frames and stage.step in ("expect", "send", "expect_events"):
-            lines += ["", "frames (the probe's last ones):"]
-            last = None
-            for f in frames:
-                gap = "" if last is None else f" (+{f.ms - last:.0f} ms)"
+        mine, start_ms = _stage_frames(probe, stage, frames, now_t)
+        if stage.step in ("expect", "send", "expect_events"):
+            if stage.step == "expect_events" and start_ms is not None and stage.status not in ("skip", "queued"):
+                lines += _event_axis(mine, start_ms, stage.limit_s, stage.duration_ms)
+            title = "this stage's frames" if start_ms is not None else "frames (the probe's last ones)"
+            lines += ["", f"{title} (ms after the upgrade, the gap before each):" if mine else f"{title}: none"]
+            last = start_ms
+            for f in mine:
+                gap = "" if last is None else f" (+{max(0.0, f.ms - last):.0f} ms)"
                 last = f.ms
                 arrow = "→" if f.direction == "out" else "←"
                 lines.append(f"  {f.ms:8.1f} ms{gap:>10} {arrow} {f.size:6d} B  {classify(f.data).summary}")
@@ -122,10 +189,12 @@ def stage_lines(probe: ProbeModel, stage: StageModel, now: float | None = None) 
     if extra and kind not in ("auth",):
         lines += ["", "evidence:", *("  " + e for e in extra)]
     if stage.status in ("fail", "error") and probe.failed is stage and probe.diagnoses:
-        d = probe.diagnoses[0]
-        lines += ["", f"diagnosis {d.get('code')}: {d.get('summary')}", *(f"  · {e}" for e in d.get("evidence", []))]
+        d = probe.diagnoses[0]  # first after the stage's own line: the verdict, then what it rests on
+        cited = [f"diagnosis {d.get('code')}: {d.get('summary')}", *(f"  · {e}" for e in d.get("evidence", []))]
         if d.get("next_step"):
-            lines.append(f"  next: {d['next_step']}")
+            cited.append(f"  next: {d['next_step']}")
+        head = 2 if stage.detail else 1
+        lines[head:head] = ["", *cited]
     return lines
 
 
@@ -150,10 +219,7 @@ def waterfall_lines(probe: ProbeModel, width: int = 40, now_t: float | None = No
     total = max(max(e for _, _, e, _ in spans) - t0, 1e-6)
     name_w = max(8, max(len(n) for n, _, _, _ in spans))
     lines = [f"{'':<{name_w}}  0{'':<{width - 8}}{total * 1000:>6.0f} ms"]
-    connect = next((st for st in probe.stages.values() if st.step == "connect" and st.started_t is not None
-                    and st.duration_ms is not None), None)
-    accepted = None if connect is None or connect.started_t is None or connect.duration_ms is None else \
-        connect.started_t + connect.duration_ms / 1000.0  # the frames' ms count from here (about)
+    accepted = _accepted_t(probe)  # the frames' ms count from here (about)
 
     def bar(label: str, start: float, end: float, mark: str) -> str:
         left = min(width - 1, int((start - t0) / total * width))

@@ -24,6 +24,7 @@ from websockets.asyncio.client import connect
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 
+from .certs import cert_facts
 from .closecodes import close_sentence, describe
 from .events import Closed, Event, Frame
 from .frames import frame_type, parse_json
@@ -103,10 +104,9 @@ class _Connect(connect):
         tls = connection.transport.get_extra_info("ssl_object") if uri.secure else None
         if tls is not None:
             self.timing.update({"tls_version": tls.version(), "tls_cipher": (tls.cipher() or ("",))[0]})
-            cert = tls.getpeercert() or {}
-            if cert:
-                self.timing.update({"cert_subject": _name(cert.get("subject")),
-                                    "cert_issuer": _name(cert.get("issuer")), "cert_expires": cert.get("notAfter")})
+            context = kwargs.get("ssl")
+            verified = not isinstance(context, ssl.SSLContext) or context.verify_mode != ssl.CERT_NONE
+            self.timing.update(cert_facts(tls, verified))
         return connection
 
     def process_redirect(self, exc: Exception) -> Exception | str:
@@ -172,15 +172,6 @@ def _env_proxy(uri: Any) -> str | None:
     except ImportError:
         return None
     return get_proxy(uri)
-
-
-def _name(rdns: Any) -> str:
-    """A certificate's subject or issuer ((('commonName', 'x'),), …) as 'CN=x, O=y'."""
-    short = {"commonName": "CN", "organizationName": "O", "countryName": "C", "organizationalUnitName": "OU"}
-    try:
-        return ", ".join(f"{short.get(k, k)}={v}" for rdn in rdns or () for k, v in rdn)
-    except (TypeError, ValueError):
-        return ""
 
 
 def close_facts(ws: TappedConnection) -> tuple[int, str, str, float]:

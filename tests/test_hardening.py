@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import socket
 import ssl
 import subprocess
@@ -560,21 +559,6 @@ async def test_production_looking_host_needs_allow_production() -> None:
         assert sb.connections > 0
 
 
-@pytest.fixture(scope="module")
-def self_signed(tmp_path_factory: pytest.TempPathFactory) -> ssl.SSLContext:
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("neither the cryptography package nor the openssl command is available")
-    d = tmp_path_factory.mktemp("tls")
-    subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                    "-nodes", "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem"), "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True, timeout=30)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(d / "cert.pem", d / "key.pem")
-    return context
-
-
 async def test_self_signed_tls_fails_by_default(fast: Config, self_signed: ssl.SSLContext) -> None:
     async with hostile(agent_run, ssl_context=self_signed) as url:
         run = await probe(fast, url, only=("health", "event-order"))
@@ -594,6 +578,10 @@ async def test_insecure_opts_out_of_tls_verification(fast: Config, self_signed: 
     timing = run.stage("connect").evidence.timing  # the opening split, TLS measured apart
     assert {"dns_ms", "tcp_ms", "tls_ms", "upgrade_ms"} <= set(timing) and timing["tls_ms"] > 0
     assert timing["tls_version"].startswith("TLSv1.")
+    # the certificate is read although not verified: who it names, who signed it, and that we did not check it
+    assert timing["cert_subject"] == "CN=127.0.0.1" and timing["cert_issuer"] == "CN=127.0.0.1"
+    assert timing["cert_self_signed"] is True and timing["cert_verified"] is False
+    assert timing["cert_expires"].endswith("UTC")
 
 
 def test_resolve_target_rejects_nothing_it_should_accept() -> None:

@@ -34,6 +34,10 @@ TOKEN_RE = re.compile(r"(eyJhbGciOi|ZXlKaGJHY2)…[A-Za-z0-9_-]{4}")
 STAGE_MS = {"health": 2.1, "auth": 0.2, "connect": 1.4, "handshake": 0.3, "message": 0.1, "agent": 21.0,
             "response": 0.1}
 CLOSE_MS = 50.0
+SPLIT = {"dns_ms": 0.1, "tcp_ms": 0.2, "tls_ms": 3.0, "upgrade_ms": 1.1}  # the connect's timing split, fixed
+FIXED_HEADERS = {"date": "Tue, 01 Dec 2026 08:00:00 GMT", "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
+                 "sec-websocket-accept": "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", "server": "Python/3 websockets/15",
+                 "user-agent": "Python/3 websockets/15"}
 
 
 def _text(value: str, ms: float) -> str:
@@ -58,6 +62,11 @@ def _deep(value: Any, ms: float) -> Any:
     return value
 
 
+def headers(values: dict[str, str]) -> dict[str, str]:
+    """Headers with the values that differ between runs (date, the WebSocket key, versions) fixed."""
+    return {k: FIXED_HEADERS.get(k.lower(), _text(v, 1.0)) for k, v in values.items()}
+
+
 def _replace(event: Any, **changes: Any) -> Any:
     """A copy of an event with some fields changed (dataclass events, or the NamedTuple Frame)."""
     if hasattr(event, "_replace"):
@@ -73,7 +82,7 @@ def normalise(events: list[Event]) -> list[Event]:
     for i, e in enumerate(events):
         t = round(0.001 * i, 6)
         if isinstance(e, RunStarted):
-            e = _replace(e, base_url=_text(e.base_url, 0), wall=WALL0)
+            e = _replace(e, target=_text(e.target, 0), base_url=_text(e.base_url, 0), wall=WALL0)
         elif isinstance(e, StageFinished):
             closed = e.evidence is not None and e.evidence.closed
             ms = CLOSE_MS if closed else STAGE_MS.get(e.stage.removesuffix("-2"), 1.0)
@@ -82,6 +91,21 @@ def normalise(events: list[Event]) -> list[Event]:
                 record = _deep(ev.to_record(), ms)
                 if record.get("kind") == "auth":
                     record.update(exp=EXP, iat=WALL0)
+                    if "iat" in record.get("claims", {}):
+                        record["claims"].update(iat=int(WALL0), exp=int(EXP))
+                if isinstance(record.get("timing"), dict):
+                    record["timing"] = {k: SPLIT.get(k, v) if v is not None else None
+                                        for k, v in record["timing"].items()}
+                    if "cert_expires" in record["timing"]:
+                        record["timing"]["cert_expires"] = "2026-12-02 08:00 UTC"
+                for key, value in list(record.items()):  # e.g. ms_since_accept, elapsed_ms: as measured
+                    if "ms" in key.split("_") and isinstance(value, float):
+                        record[key] = ms
+                if isinstance(record.get("date"), str):  # the server's Date header (for clock skew)
+                    record["date"] = FIXED_HEADERS["date"]
+                for key in ("request_headers", "response_headers"):
+                    if isinstance(record.get(key), dict):
+                        record[key] = headers(record[key])
                 if isinstance(record.get("events"), list):
                     record["events"] = [[name, 4.0 * (k + 1)] for k, (name, _ms) in enumerate(record["events"])]
                 ev = evidence_from_record(record)
@@ -102,8 +126,11 @@ def normalise(events: list[Event]) -> list[Event]:
             e = _replace(e, duration_ms=0.0 if e.status == "skip" else 12.0 * probes)
         elif isinstance(e, RunFinished):
             e = _replace(e, duration_ms=180.0)
-        elif isinstance(e, (HttpExchange, WsOpened)):
-            e = _replace(e, **{f: _deep(getattr(e, f), 1.0) for f in ("url",) if hasattr(e, f)})
+        elif isinstance(e, HttpExchange):
+            e = _replace(e, url=_deep(e.url, 1.0), elapsed_ms=1.0, headers=headers(e.headers))
+        elif isinstance(e, WsOpened):
+            e = _replace(e, url=_deep(e.url, 1.0), request_headers=headers(e.request_headers),
+                         response_headers=headers(e.response_headers))
         out.append(_replace(e, t=t))
     return out
 

@@ -580,8 +580,14 @@ class StagewatchApp(App[int]):
         stage = probe.stages.get(name) if probe is not None else None
         if probe is None or stage is None:
             return
-        self.query_one("#detail", FrameDetail).show_lines(f"Stage · {name}", stage_lines(probe, stage, self.now()))
+        self.query_one("#detail", FrameDetail).show_lines(f"Stage · {name}", self._stage_lines(probe, name))
         self.query_one("#detail").border_title = Content(one_line(f"Stage · {name}"))  # a config's name: text
+
+    def _stage_lines(self, probe: ProbeModel, name: str) -> list[str]:
+        """stage_lines with the app's longer frame buffer (the model keeps only the last frames)."""
+        buf = self.state.frames.get(probe.id)
+        return stage_lines(probe, probe.stages[name], self.now(), buf.items[-2000:] if buf else None,
+                           self.session_t())
 
     def action_waterfall(self) -> None:
         """v: the waterfall in the Frame pane (again: back to the frame)."""
@@ -609,7 +615,7 @@ class StagewatchApp(App[int]):
     def on_stage_pane_open(self, message: StagePane.Open) -> None:
         probe, _words = self._shown_model()
         if probe is not None and message.stage in probe.stages:
-            lines = stage_lines(probe, probe.stages[message.stage], self.now())
+            lines = self._stage_lines(probe, message.stage)
             self.push_screen(TextReportScreen(one_line(f"Stage · {message.stage}"), visible("\n".join(lines))))
 
     def on_stage_pane_selected(self, message: StagePane.Selected) -> None:
@@ -971,7 +977,7 @@ class StagewatchApp(App[int]):
         stages = self.query_one("#stages", StagePane)
         probe, _words = self._shown_model()
         if self.screen.focused is stages and stages.selected and probe and stages.selected in probe.stages:
-            text = "\n".join(stage_lines(probe, probe.stages[stages.selected], self.now()))
+            text = "\n".join(self._stage_lines(probe, stages.selected))
             self.copy_text(visible(text), f"the {stages.selected} stage's evidence")
             return
         frames = self.query_one("#frames", FrameList)

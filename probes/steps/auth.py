@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from .. import auth as authmod
 from ..config import Step
@@ -22,6 +23,9 @@ class AuthEvidence(StepEvidence):
     token: str = ""  # redacted
     token_expired: bool = False
     secret_missing: bool = False
+    header: dict[str, Any] = field(default_factory=dict)  # the JOSE header (alg, typ, kid): never the signature
+    claims: dict[str, Any] = field(default_factory=dict)  # every claim, decoded without verifying
+    transports: list[str] = field(default_factory=list)  # how the connect offers it: header, subprotocol, query
 
 
 class Auth(StepKind):
@@ -40,7 +44,8 @@ class Auth(StepKind):
         if token.subject:
             parts.insert(1, f"sub {token.subject}")
         ev = AuthEvidence(source=token.source, sub=token.subject, exp=token.expires_at, iat=token.issued_at,
-                          token=token.redacted)
+                          token=token.redacted, header=authmod.header_unverified(token.token),
+                          claims=dict(token.claims), transports=list(ctx.protocol.token_transport))
         if token.expires_at is not None:
             left = token.expires_at - time.time()
             if left <= 0:

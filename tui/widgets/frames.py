@@ -359,6 +359,21 @@ class FrameList(ScrollView, can_focus=True):
         self.sync(force=True)
 
 
+def _marked(index: int, line: str) -> Content:
+    """A stage pane's line, styled: the stage's own line stands out; for a failed stage the diagnosis and the
+    evidence it cites, a refused upgrade and an unechoed subprotocol in the error style (and marked, so they read
+    without colour)."""
+    if index == 0:
+        return Content.styled(line, "bold $text-accent")
+    if line.startswith("diagnosis "):
+        return Content.styled("▶ " + line, "bold $text-error")
+    if line.startswith("  · ") or line.startswith("  next: "):
+        return Content.styled(line, "$text-warning")
+    if (line.startswith("answer: HTTP") and not line.endswith(" 101")) or line == "subprotocol echoed: NO":
+        return Content.styled("▶ " + line, "bold $text-error")
+    return Content(line)
+
+
 class FrameDetail(VerticalScroll):
     """The selected frame: a header line, then pretty JSON, text, or a hex dump for binary."""
 
@@ -389,8 +404,7 @@ class FrameDetail(VerticalScroll):
         body = self.query_one("#frame-detail-body", Static)
         self._shown = ("stage", title, tuple(lines))
         self.text = "\n".join(visible(line) for line in lines)
-        first, _, rest = self.text.partition("\n")  # the stage's own line stands out; the title is the border's
-        body.update(Content.assemble(Content.styled(first, "bold $text-accent"), "\n", Content(rest)))
+        body.update(Content("\n").join(_marked(i, line) for i, line in enumerate(self.text.split("\n"))))
         self._lines = -1
 
     def show(self, selected: tuple[Frame, FrameInfo, int] | None) -> None:
