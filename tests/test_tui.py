@@ -163,7 +163,7 @@ async def test_non_json_and_binary_frames_are_shown_safely(tui_config):
         frames = pane_text(app, "#frames")
         assert "<html>502 Bad Gateway</html>" in frames  # text frame, one line
         assert "binary" in frames and "00 ff fe" in frames  # binary frame: hex, no raw bytes
-        await pilot.press("tab", "home")  # into the frames, the first one
+        await pilot.press("tab", "tab", "home")  # queue → stages → the frames, the first one
         await pilot.press("down")
         assert app.query_one("#frames", FrameList).cursor == 1
         await wait_until(pilot, lambda: "00000000  00 ff fe" in app.query_one("#detail").text)
@@ -203,7 +203,7 @@ async def test_follow_pauses_when_scrolling_up_and_counts_new_frames(tui_config)
         await wait_for_run(app, pilot)
         frames = app.query_one("#frames", FrameList)
         assert frames.follow
-        await pilot.press("tab", "up")
+        await pilot.press("tab", "tab", "up")  # queue → stages → frames
         assert not frames.follow
         # more frames arrive for the focused probe (as the bus would deliver them)
         for i in range(12):
@@ -403,7 +403,7 @@ async def test_enter_opens_a_frame_whole_and_esc_goes_back(tui_config):
     app = live_app(tui_config, only=("golden-path",))
     async with app.run_test(size=(80, 24)) as pilot:  # too narrow for the detail pane: enter is the way in
         await wait_for_run(app, pilot)
-        await pilot.press("tab", "home", "enter")
+        await pilot.press("tab", "tab", "home", "enter")  # queue → stages → frames
         await wait_until(pilot, lambda: "Frame #0" in screen_text(app))
         text = screen_text(app)
         assert '"type": "connection_established"' in text and "received +" in text

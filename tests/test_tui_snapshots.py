@@ -161,21 +161,26 @@ def _app(config: Config, events: list[Event]) -> StagewatchApp:
     return StagewatchApp(config, events=events, now=lambda: NOW)
 
 
-def test_snapshot_passing_run(snap_compare, tui_config, passing_events):  # noqa: F811
+SIZES = {"80x24": (80, 24), "120x35": (120, 35), "160x45": (160, 45)}  # the sizes the layout is made for
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_snapshot_passing_run(snap_compare, tui_config, passing_events, size):  # noqa: F811
     """The whole queue green; the golden path focused with every stage passed, its frames and its clean close."""
     app = _app(tui_config, passing_events)
 
     async def check(pilot: object) -> None:
         assert app.state.verdict == "pass" and app.focus_probe == "golden-path"
         assert app.query_one("#queue", QueuePane).probe_at_cursor() == "golden-path"  # the queue shows the focus
-        assert "expires in 13:59" in app.query_one("#header").plain  # the frozen clock
+        assert "expires in 13:59" in app.query_one("#header").plain or size == "80x24"  # the frozen clock
 
-    assert snap_compare(app, terminal_size=SIZE, run_before=check)
+    assert snap_compare(app, terminal_size=SIZES[size], run_before=check)
 
 
-def test_snapshot_closed_before_ready(snap_compare, tui_config, closed_before_ready_events):  # noqa: F811
+@pytest.mark.parametrize("size", SIZES)
+def test_snapshot_closed_before_ready(snap_compare, tui_config, closed_before_ready_events, size):  # noqa: F811
     """The golden path focused (first failure): handshake red, the close 1000 'main cleanup' by the server 50 ms
-    after accept, and the closed-before-ready diagnosis."""
+    after accept, and the closed-before-ready diagnosis — at 80×24 too: the compact queue names it."""
     app = _app(tui_config, closed_before_ready_events)
 
     async def check(pilot: object) -> None:
@@ -184,4 +189,4 @@ def test_snapshot_closed_before_ready(snap_compare, tui_config, closed_before_re
         close = app.query_one("#close").plain
         assert "1000 Normal Closure — 'main cleanup' — server closed 50 ms after accept" in close
 
-    assert snap_compare(app, terminal_size=SIZE, run_before=check)
+    assert snap_compare(app, terminal_size=SIZES[size], run_before=check)

@@ -27,7 +27,8 @@ from pathlib import Path
 
 from textual import on
 from textual.content import Content
-from textual.app import App, ComposeResult
+from textual.app import App, ComposeResult, SystemCommand
+from textual.screen import Screen
 from textual.binding import Binding
 from textual.css.query import NoMatches
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -96,7 +97,7 @@ class StagewatchApp(App[int]):
     BINDINGS = [
         Binding("r", "rerun", "Rerun", id="rerun", tooltip="Rerun the focused probe"),
         Binding("R", "run_queue", "Run all", id="run-queue", tooltip="Run every probe again, P0 first"),
-        Binding("f", "fail_fast", "Fail-fast", id="fail-fast",
+        Binding("f", "fail_fast", "Fail-fast", id="fail-fast", show=False,
                 tooltip="Stop the next runs at the first failing probe (toggle)"),
         Binding("space", "pause", "Follow", id="pause",
                 tooltip="Live: stop/resume following new frames. Replay: pause/resume"),
@@ -127,6 +128,8 @@ class StagewatchApp(App[int]):
                 tooltip="Auth-path matrix: connect once per token transport and say which reaches the backend"),
         Binding("d", "compare", "Compare", id="compare", show=False,
                 tooltip="Compare two runs: this round and the one before, or the last recording and this session"),
+        Binding("z", "zoom", "Max", id="zoom",
+                tooltip="Maximise the focused pane to the whole screen; again (or esc) restores the layout"),
         Binding("question_mark", "help", "Help", id="help", key_display="?", tooltip="All keys"),
         Binding("q", "quit", "Quit", id="quit", tooltip="Leave stagewatch"),
         Binding("escape", "escape", "Back", id="escape", show=False),
@@ -204,6 +207,12 @@ class StagewatchApp(App[int]):
         return time.time()
 
     # --- layout ------------------------------------------------------------------------------------------
+    def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
+        """Textual's own commands, less those the app's provider names as the footer does (Quit, Help, Max)."""
+        for command in super().get_system_commands(screen):
+            if command.title not in ("Quit", "Keys", "Maximize", "Minimize"):
+                yield command
+
     def compose(self) -> ComposeResult:
         yield HeaderBar(id="header")
         with Horizontal(id="top"):
@@ -244,8 +253,9 @@ class StagewatchApp(App[int]):
         self.query_one("#filter", Input).display = False
         self.query_one("#sessions").border_title = "Sessions"
         self.query_one("#sessions").display = False
-        for box in self.query(".pane"):
-            box.can_focus = False  # tab moves between the queue, the frames and the frame detail
+        for box in self.query(".pane"):  # tab: queue → stages → frames → frame → close → diagnosis
+            box.can_focus = box.id in ("close-box", "diagnosis-box", "timeline", "latency")
+            box.ALLOW_MAXIMIZE = True  # z on what is inside it (the stages, the frames) maximises the whole pane
         self.on_resize()
         if self.fixed_events is not None:
             for event in self.fixed_events:
@@ -538,11 +548,13 @@ class StagewatchApp(App[int]):
                 self.query_one("#queue", QueuePane).sync(self.state, {probe.id})
         box = self.query_one("#frames-box")
         total = buffer.frames if buffer is not None else 0
-        title = f"Frames · {self.focus_probe} · {total:,}{self._round_words()}" if self.focus_probe else "Frames"
+        named = self.focus_probe and not (frames.filter is not None and self.size.width < 120)  # narrow: room
+        title = f"Frames · {self.focus_probe if named else ''}{' · ' if named else ''}{total:,}{self._round_words()}" \
+            if self.focus_probe else "Frames"
         if buffer is not None and buffer.total > buffer.cap:
             title += f" (last {buffer.cap:,} shown)"
         if frames.filter is not None:
-            title += f" · /{one_line(frames.filter.text)} → {frames.row_count:,}"
+            title += f" · /{one_line(frames.filter.text)} → {frames.frame_count:,}"
         box.border_title = Content(title)  # the filter was typed: text, not markup
         if frames.follow:
             box.border_subtitle = "following · space pauses"
@@ -796,7 +808,17 @@ class StagewatchApp(App[int]):
 
     @on(Input.Submitted, "#filter")
     def _filter_submitted(self) -> None:
+        """The filter stays applied and the input gives its rows back to the frames: the pane's title says it."""
+        self.query_one("#filter", Input).display = False
         self.query_one("#frames", FrameList).focus()
+        self._render_frames()
+
+    def action_zoom(self) -> None:
+        """z: the focused pane on the whole screen, or back to the layout."""
+        if self.screen.maximized is not None:
+            self.screen.minimize()
+        elif self.screen.focused is not None:
+            self.screen.maximize(self.screen.focused)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in ("rerun", "run_queue", "fail_fast"):
@@ -957,9 +979,13 @@ class StagewatchApp(App[int]):
 
     def action_escape(self) -> None:
         box = self.query_one("#filter", Input)
-        if box.display:
-            box.value = ""
+        if self.screen.maximized is not None:
+            self.screen.minimize()
+        elif box.display or self.query_one("#frames", FrameList).filter is not None:
+            box.value = ""  # (Input.Changed clears the list's filter)
             box.display = False
+            self.query_one("#frames", FrameList).set_filter("")
+            self._render_frames()
             self.query_one("#frames", FrameList).focus()
         elif self.selected_round is not None:
             self.select_round(None)  # back to the live round

@@ -65,7 +65,11 @@ class StagewatchCommands(Provider):
              app.action_copy),
             ("Compare two runs", "This round and the one before, or the last recording and this session: stage "
              "timings, frames aligned, the first divergence (d)", app.action_compare),
-            ("Show keys", "The help screen (?)", app.action_help),
+            ("Max", "Maximise the focused pane to the whole screen; again restores the layout (z)",
+             app.action_zoom),
+            ("Next pane", "Focus the next pane: queue, stages, frames, frame, close, diagnosis (tab)",
+             app.action_focus_next),
+            ("Help", "Every key and what the panes show (?)", app.action_help),
             ("Quit", "Leave stagewatch (q)", app.action_quit),
         ]
         if app.is_live:

@@ -31,7 +31,8 @@ HELP = """\
 | `x` | the console: your own session on the target — compose JSON (templates, saved, `↑`/`↓` history), `ctrl+s` send, `ctrl+g` ping, `ctrl+k` close with the code and reason given, `ctrl+r` reconnect with the token transport, headers (`X-A: 1; -X-E2E-Test`), claims (`sub=other exp=-60`) or subprotocol set above, `ctrl+b` save the message |
 | `m` | auth-path matrix: one connection per token transport (subprotocol, header, query, both, none), what the backend received, one conclusion |
 | `d` | compare two runs: this round and the one before (watch), else the last recording of this queue and this session |
-| `tab` / `shift+tab` | move between the queue and the frames |
+| `tab` / `shift+tab` | the next / previous pane: queue → stages → frames → frame → close → diagnosis; each scrolls with the arrows and page keys |
+| `z` | maximise the focused pane to the whole screen (80×24: read a long diagnosis or a stage's evidence whole); `z` or `esc` restores |
 | `↑ ↓ pgup pgdn home end` | move in the focused list; `end` resumes following |
 | `ctrl+p` | command palette: the same actions, switch target, sandbox fault |
 | `?` | this help · `q` quit |

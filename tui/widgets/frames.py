@@ -127,6 +127,7 @@ class FrameList(ScrollView, can_focus=True):
         self.follow = True
         self.cursor: int | None = None  # the selected frame's seq
         self._matches: list[int] = []
+        self._match_closes: list[int] = []  # the close rows among the matches (rows, not frames)
         self._scanned = 0
         self._synced = (-1, -1)
         self._paused_at = 0  # seq of the first frame that arrived after follow paused
@@ -141,6 +142,15 @@ class FrameList(ScrollView, can_focus=True):
         if self.filter is not None:
             return len(self._matches)
         return self.buffer.total - self.buffer.first
+
+    @property
+    def frame_count(self) -> int:
+        """Frames shown (close rows are rows, not frames: the same count as the unfiltered title's)."""
+        if self.buffer is None:
+            return 0
+        if self.filter is not None:
+            return len(self._matches) - len(self._match_closes)
+        return self.buffer.frames
 
     def seq_at(self, row: int) -> int | None:
         if self.buffer is None or row < 0 or row >= self.row_count:
@@ -194,6 +204,7 @@ class FrameList(ScrollView, can_focus=True):
 
     def _rescan(self) -> None:
         self._matches = []
+        self._match_closes = []
         self._scanned = self.buffer.first if self.buffer is not None else 0
 
     def _scan(self) -> None:
@@ -203,12 +214,15 @@ class FrameList(ScrollView, can_focus=True):
         first, total = buf.first, buf.total
         if self._matches and self._matches[0] < first:
             del self._matches[: bisect.bisect_left(self._matches, first)]
+            del self._match_closes[: bisect.bisect_left(self._match_closes, first)]
         start = max(self._scanned, first, total - SCAN_LIMIT)
         matches, get, info = self._matches, buf.get, buf.info
         for seq in range(start, total):
             frame, fi = get(seq), info(seq)
             if frame is not None and fi is not None and flt.matches(frame, fi):
                 matches.append(seq)
+                if frame.direction == "close":
+                    self._match_closes.append(seq)
         self._scanned = total
 
     def sync(self, force: bool = False) -> bool:

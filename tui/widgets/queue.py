@@ -24,6 +24,9 @@ from tui.widgets.theme import glyph, status_color
 # (label, key, width); the probe column widens to the longest id, the result column takes what is left.
 COLUMNS = (("", "glyph", 1), ("P", "prio", 2), ("probe", "probe", 10), ("time", "time", 6),
            ("last result", "result", 0))
+# A narrow queue (80 columns): the glyph, the probe and what it came to (the diagnosis code when it failed).
+COMPACT_COLUMNS = (("", "glyph", 2), ("probe", "probe", 10), ("result", "result", 0))  # no cell padding: 4 more
+COMPACT_BELOW = 48  # the queue's inner width under which it goes compact (80 columns; 120 keeps P and time)
 # While watching: the strip's width comes from the room (0 here); the result column takes the rest.
 WATCH_COLUMNS = (("", "glyph", 1), ("probe", "probe", 10), ("state", "state", 8), ("history", "history", 0),
                  ("last result", "result", 0))
@@ -71,17 +74,19 @@ class QueuePane(DataTable[Text]):
         self.selected_round: int | None = None  # the round picked on the strip (None: the latest run)
         self.rounds: list[int] = []  # the rounds the strips show now
         self._lane = ""
+        self.compact = False  # the narrow columns (set from the width at each sync)
 
     @property
     def spec(self) -> tuple[tuple[str, str, int], ...]:
-        return WATCH_COLUMNS if self.watching else COLUMNS
+        return WATCH_COLUMNS if self.watching else COMPACT_COLUMNS if self.compact else COLUMNS
 
     def _build_columns(self, probe_width: int) -> None:
         """Fixed column widths: measuring every cell on every update would cost a full layout per tick."""
         self.clear(columns=True)
         room, strip = self._room(probe_width)
         for label, key, width in self.spec:
-            self.add_column(label, key=key, width={"probe": probe_width, "history": strip, "result": room}.get(
+            gap = 1 if self.compact and key == "probe" else 0  # compact: a space after the id, none elsewhere
+            self.add_column(label, key=key, width={"probe": probe_width + gap, "history": strip, "result": room}.get(
                 key, width))
         self._widths = (probe_width, room, strip)
         self._lane = ""
@@ -105,12 +110,16 @@ class QueuePane(DataTable[Text]):
         if frames and probe.status == "running":
             result += f" · {frames:,} frames"
         room = self._widths[1]
+        if self.compact and failed and probe.diagnoses:  # the engine's name for it, whatever the room
+            result = str(probe.diagnoses[0].get("code"))
+        elif self.compact and probe.status == "pass":
+            result = "pass"
         if len(result) > room and ": " in result and failed:
             result = result.partition(": ")[2]  # narrow: the why (diagnosis code) over the where (stage)
         if len(result) > room:
             result = result[: max(1, room - 1)] + "…"
         cells = {
-            "glyph": Text(glyph(probe.status), style=f"bold {color}"),
+            "glyph": Text(glyph(probe.status) + (" " if self.compact else ""), style=f"bold {color}"),
             "prio": Text(f"P{probe.priority}", style="dim"),
             "probe": Text(probe.id, style="bold" if probe.status in ("fail", "error") else ""),
             "time": Text(time, justify="right"),
@@ -126,6 +135,12 @@ class QueuePane(DataTable[Text]):
         probe_width = max([len(i) for i in state.order] + [COLUMNS[2][2]])
         selected = self.probe_at_cursor()  # a rebuild (new width, new probes) keeps the selected probe selected
         keep = self.cursor_row
+        inner = self.scrollable_content_region.width
+        compact = not self.watching and 0 < inner < COMPACT_BELOW
+        if compact != self.compact:
+            self.compact = compact
+            self.cell_padding = 0 if compact else 1  # the columns keep their own space (below)
+            self._widths = (0, 0, 0)
         if (probe_width, *self._room(probe_width)) != self._widths:
             self._build_columns(probe_width)
         every_row = changed is None
@@ -186,13 +201,13 @@ class QueuePane(DataTable[Text]):
         if width <= 0:
             return 40, STRIP_MIN if self.watching else 0
         used = sum(w + 2 * self.cell_padding for _l, key, w in self.spec if key not in ("probe", "result", "history"))
-        used += probe_width + 2 * self.cell_padding
+        used += probe_width + 2 * self.cell_padding + (1 if self.compact else 0)
         room = width - used - 2 * self.cell_padding - 1
         strip = 0
         if self.watching:
             strip = max(STRIP_MIN, min(STRIP_MAX, room - RESULT_KEEP - 2 * self.cell_padding))
             room -= strip + 2 * self.cell_padding
-        return (room if room >= 10 else 1), strip  # too narrow: the result column all but disappears
+        return max(room, 6), strip
 
     def select_probe(self, probe_id: str | None) -> None:
         """Move the cursor to a probe (from code: auto-focus)."""

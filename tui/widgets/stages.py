@@ -12,6 +12,7 @@ from collections.abc import Callable
 from rich.console import Group
 from rich.text import Text
 from textual.binding import Binding
+from textual.containers import ScrollableContainer
 from textual.events import Click
 from textual.message import Message
 from textual.widgets import Static
@@ -24,7 +25,7 @@ from tui.state import fmt_countdown, fmt_ms, stage_clock
 from tui.widgets.theme import STATUS_WORD, glyph, status_color
 
 
-class StagePane(Static, can_focus=False):
+class StagePane(Static, can_focus=True):
     """Shows one probe's stages; `show(probe, now)` re-renders it (cheap: a handful of rows). Focused, ↑/↓ (or a
     click) select a stage: `Selected` asks the app to show that stage's whole evidence."""
 
@@ -54,6 +55,7 @@ class StagePane(Static, can_focus=False):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.selected: str | None = None  # the stage whose evidence is on show
+        self._reveal_pending = False  # the selected row is to be scrolled into view
         self._order: list[str] = []
         self._rows_at: list[tuple[int, str]] = []  # (first line of its row, stage name)
         self.plain = ""
@@ -74,14 +76,31 @@ class StagePane(Static, can_focus=False):
         if self._last is not None:
             self._drawn = None
             self.show(*self._last)
+        self._reveal_pending = True
+        self.call_after_refresh(self._reveal)
+
+    def _reveal_again(self) -> None:
+        self._reveal_pending = True
+        self._reveal()
+
+    def _reveal(self) -> None:
+        """Scroll the Stages pane so the selected stage's row is in view (a short pane hides the lower ones). Until
+        the pane has grown to hold that row (the layout comes after the drawing), again at the next resize."""
+        rows = dict((name, line) for line, name in self._rows_at)
+        box = self.parent
+        if not self._reveal_pending or self.selected not in rows or not isinstance(box, ScrollableContainer):
+            return
+        line = rows[self.selected]
+        height = box.scrollable_content_region.height
+        if box.scroll_y <= line < box.scroll_y + height - 1:
+            self._reveal_pending = False
+        elif line - 1 <= box.max_scroll_y:
+            box.scroll_to(y=max(0, line - 1), animate=False)
+            self._reveal_pending = False
 
     def enter(self) -> None:
-        """Focus the stages (`s`, a click): focusable only while in use, so tab keeps to queue → frames → frame."""
-        self.can_focus = True
+        """Focus the stages (`s`, a click, or tab on its way round the panes)."""
         self.focus()
-
-    def on_blur(self) -> None:
-        self.can_focus = False
 
     def on_click(self, event: Click) -> None:
         row = None
@@ -93,7 +112,10 @@ class StagePane(Static, can_focus=False):
             self.select(row)
 
     def on_focus(self) -> None:
-        if self.selected is None and self._order:
+        self.set_timer(0.15, self._reveal_again)  # after Textual has scrolled the pane's top into view on focus
+        if self.selected is not None:  # back on the stages (tab): the Frame pane shows the stage again
+            self.post_message(self.Selected(self.selected))
+        elif self._order:
             self.select(next((n for n in self._order if self._last and self._last[0] is not None
                               and self._last[0].failed is not None and n == self._last[0].failed.name),
                              self._order[0]))
@@ -101,6 +123,7 @@ class StagePane(Static, can_focus=False):
     def on_resize(self) -> None:
         if self._last is not None:
             self.show(*self._last)  # details wrap to the width
+        self.call_after_refresh(self._reveal)
 
     def _set(self, renderable: object) -> None:
         if self._key == self._drawn:  # unchanged: no re-render, no layout
