@@ -25,6 +25,7 @@ from .frames import classify
 from .model import ProbeModel, StageModel
 
 BODY_CHARS = 2000
+CREDENTIAL_HEADERS = {"authorization", "sec-websocket-protocol", "cookie"}
 SKIP_FIELDS = {"kind", "request_headers", "response_headers", "body", "hop", "echo", "timing"}
 
 
@@ -41,6 +42,16 @@ def _pretty(body: str) -> str:
         return json.dumps(json.loads(body), indent=2, ensure_ascii=False)[:BODY_CHARS]
     except ValueError:
         return body[:BODY_CHARS]
+
+
+def _body(body: str) -> list[str]:
+    """A body: one line when it is short (a refusal's `{"detail": "missing token"}`), else pretty JSON, capped."""
+    if not body:
+        return []
+    one = " ".join(body.split())
+    if len(one) <= 100:
+        return [f"body: {one}"]
+    return ["body:", *("  " + line for line in _pretty(body).splitlines())]
 
 
 def _headers(title: str, headers: dict[str, str]) -> list[str]:
@@ -146,20 +157,27 @@ def stage_lines(probe: ProbeModel, stage: StageModel, now: float | None = None,
             lines.append(f"expires: {time.strftime('%H:%M:%S', time.localtime(exp))} "
                          f"({'in ' + str(int(left)) + ' s' if left > 0 else 'EXPIRED ' + str(int(-left)) + ' s ago'})")
     elif kind == "connect":
-        lines += ["", f"upgrade: GET {record.get('url') or '?'} HTTP/1.1"]
         opened = probe.opened if probe.opened is not None and stage.status == "pass" else None
         sent = opened.request_headers if opened is not None else record.get("request_headers") or {}
-        lines += _headers("request headers (as sent):", sent)
-        if record.get("subprotocol_offered"):
-            lines.append(f"subprotocol offered: {record['subprotocol_offered']}")
         status = record.get("http_status")
-        lines += ["", f"answer: HTTP {status if status is not None else '(none)'}"]
-        lines += _headers("response headers:", record.get("response_headers") or {})
+        refused = status is not None and status != 101
+        if refused:  # what carried the credentials first: the headers a proxy strips are the question
+            sent = dict(sorted(sent.items(), key=lambda kv: kv[0].lower() not in CREDENTIAL_HEADERS))
+        request = ["" if not refused else None, f"upgrade as sent: GET {record.get('url') or '?'} HTTP/1.1",
+                   *(f"  {k}: {v}" for k, v in sent.items())]
+        if record.get("subprotocol_offered"):
+            request.append(f"subprotocol offered: {record['subprotocol_offered']}")
+        answer = ["", f"answer: HTTP {status if status is not None else '(none)'}"]
         if status == 101:
             echoed = record.get("subprotocol_echoed")
-            lines.append(f"subprotocol echoed: {echoed}" if echoed else "subprotocol echoed: NO")
-        if record.get("body"):
-            lines += ["body:", *("  " + line for line in _pretty(record["body"]).splitlines())]
+            answer.append(f"subprotocol echoed: {echoed}" if echoed else "subprotocol echoed: NO")
+        body = _body(record.get("body") or "")
+        if refused:  # the refusal and its body first, then what we sent, then the rest of the answer
+            lines += answer + body + [line for line in request if line is not None] + \
+                _headers("response headers:", record.get("response_headers") or {})
+        else:
+            lines += [line for line in request if line is not None] + answer + \
+                _headers("response headers:", record.get("response_headers") or {}) + body
         lines += _hop(record.get("hop"))
         timing = record.get("timing") or {}
         if timing:
@@ -189,12 +207,11 @@ def stage_lines(probe: ProbeModel, stage: StageModel, now: float | None = None,
     if extra and kind not in ("auth",):
         lines += ["", "evidence:", *("  " + e for e in extra)]
     if stage.status in ("fail", "error") and probe.failed is stage and probe.diagnoses:
-        d = probe.diagnoses[0]  # first after the stage's own line: the verdict, then what it rests on
+        d = probe.diagnoses[0]  # the verdict and what it rests on
         cited = [f"diagnosis {d.get('code')}: {d.get('summary')}", *(f"  · {e}" for e in d.get("evidence", []))]
         if d.get("next_step"):
             cited.append(f"  next: {d['next_step']}")
-        head = 2 if stage.detail else 1
-        lines[head:head] = ["", *cited]
+        lines += ["", *cited]  # (the Diagnosis pane says it too: the stage's own evidence comes first)
     return lines
 
 

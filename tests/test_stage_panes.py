@@ -21,7 +21,7 @@ async def test_a_keypress_shows_the_upgrade_as_sent_and_the_401_with_its_body(tu
         stages = app.query_one("#stages", StagePane)
         await pilot.press("s")  # one key: the Stages pane, on the failing stage
         await wait_until(pilot, lambda: stages.selected == "connect")
-        await wait_until(pilot, lambda: "request headers (as sent)" in detail_text(app))
+        await wait_until(pilot, lambda: "upgrade as sent: GET ws://" in detail_text(app))
         detail = detail_text(app)
         assert "Authorization: Bearer eyJhbGciOi…" in detail and "Sec-WebSocket-Protocol: jwt." in detail
         assert "answer: HTTP 401" in detail and "missing token" in detail
@@ -50,7 +50,7 @@ async def test_reports_carry_each_stages_evidence(tui_config):  # noqa: F811
     assert connect["evidence"]["kind"] == "connect" and connect["evidence"]["http_status"] == 401
     assert "eyJhbGciOi…" in connect["evidence"]["request_headers"]["Authorization"]
     markdown = write_markdown(model)
-    assert "request headers (as sent):" in markdown and "answer: HTTP 401" in markdown
+    assert "upgrade as sent: GET" in markdown and "answer: HTTP 401" in markdown
     probe = model.probes["golden-path"]
     assert any("missing token" in line for line in stage_lines(probe, probe.stages["connect"]))
 

@@ -186,7 +186,7 @@ class StagewatchApp(App[int]):
         self._scrolled_to: tuple[str | None, int, int | None] | None = None
         self._queue_frames_at = 0.0
         self._sessions_at = 0.0
-        self._detail_mode = "frame"  # the Frame pane shows the selected frame, or ("stage") the picked stage
+        self._detail = "frame"  # the Frame pane shows the selected frame, or ("stage") the picked stage
         self._detail_stale: set[str] = set()
         self._frames_at = 0.0
         self._detail_at = 0.0
@@ -207,6 +207,16 @@ class StagewatchApp(App[int]):
         return time.time()
 
     # --- layout ------------------------------------------------------------------------------------------
+    @property
+    def _detail_mode(self) -> str:
+        return self._detail
+
+    @_detail_mode.setter
+    def _detail_mode(self, mode: str) -> None:
+        """frame, stage or waterfall; a stage's evidence or the waterfall take the wider half of the middle row."""
+        self._detail = mode
+        self.screen.set_class(mode != "frame", "-wide-detail")
+
     def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
         """Textual's own commands, less those the app's provider names as the footer does (Quit, Help, Max)."""
         for command in super().get_system_commands(screen):
