@@ -83,6 +83,19 @@ def header_line(wall0: float, part: int | None = None, round_record: dict[str, A
     return json.dumps(header, ensure_ascii=False, default=str) + "\n"
 
 
+def end_line(wall0: float, t: float) -> str:
+    """A recording's last line, written when the recorder closes it: a header-shaped record with `"end": true` (so
+    a reader that predates it takes it for one more header and reads on), at the last event's `t`. A reader tailing
+    the recording (`probes.follow`) stops there; a recording cut short (kill -9) has none."""
+    return json.dumps({"type": "recording", "format": "stagewatch", "version": RECORDING_VERSION, "wall0": wall0,
+                       "end": True, "t": t, "wall_ts": round(wall0 + t, 6)}) + "\n"
+
+
+def is_end(record: dict[str, Any]) -> bool:
+    """Whether a header-shaped record (`decode_line`) is the recording's last line (`end_line`)."""
+    return record.get("end") is True
+
+
 def part_header(wall0: float) -> Callable[[int, dict[str, Any] | None], bytes]:
     """The header maker `PartWriter` takes, for a recording that started at `wall0`."""
     return lambda part, round_record: encode_lines([header_line(wall0, part, round_record)])
@@ -540,14 +553,17 @@ class Recorder:
         self._buffered = 0
         return items
 
-    def flush(self) -> None:
-        """Hand everything buffered to the OS in one write (a kill -9 after this loses none of it)."""
+    def flush(self, *, end: bool = False) -> None:
+        """Hand everything buffered to the OS in one write (a kill -9 after this loses none of it). With `end`
+        (`close`), the recording's last line (`end_line`) goes with it."""
         self._last_flush = time.monotonic()
-        if self._fd is None or not self._buf:
+        if self._fd is None or not (self._buf or end):
             return
         count = len(self._buf) - self._marks
         self._marks = 0
-        items = self._items()
+        items = self._items() if self._buf else []
+        if end:
+            items.append(end_line(self.wall0, self._last_t))  # not an event line: not in lines_written
         if self._writer is not None:
             self._ship(items, count)
             return
@@ -586,7 +602,7 @@ class Recorder:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self.flush()
+        self.flush(end=True)
         if self._writer is not None:  # wait until the child has written everything it was given
             writer = self._writer
             problem = writer.close()
@@ -687,27 +703,42 @@ def _starts_with_header(raw: bytes) -> bool:
     return isinstance(head, dict) and head.get("type") == "recording" and head.get("format") == "stagewatch"
 
 
+def decode_line(line: bytes) -> Any:
+    """One line of a recording (without its line end): the event it holds, the record itself (a dict) for a
+    header-shaped line (`"type": "recording"`: the header, or `end_line`), None for a blank line. Raises ValueError
+    (UnicodeDecodeError is one) for anything else. Replay and `probes.follow` read lines with this. Evidence comes
+    back typed once the step kinds are registered (`probes.steps.kinds()`)."""
+    if not line.strip():
+        return None
+    record = json.loads(line.decode("utf-8", "surrogatepass"))
+    if not isinstance(record, dict):
+        raise ValueError("not an object")
+    record.pop("wall_ts", None)
+    if record.get("type") == "recording":
+        return record
+    return from_record(record)
+
+
 def _read_lines(raw: bytes, replay: Replay) -> None:
     """Add the events of one file's bytes to `replay` (a truncated last line noted, other bad lines counted)."""
     lines = raw.split(b"\n")
     last = len(lines) - 1
     for number, line in enumerate(lines):
-        if not line.strip():
-            continue
         try:
-            record = json.loads(line.decode("utf-8", "surrogatepass"))
-            if not isinstance(record, dict):
-                raise ValueError("not an object")
-            record.pop("wall_ts", None)
-            if record.get("type") == "recording":  # the header line
-                _read_header(record, replay)
-                continue
-            replay.events.append(from_record(record))
-        except (ValueError, UnicodeDecodeError):
+            item = decode_line(line)
+        except ValueError:
             if number == last:
                 replay.truncated = True
             else:
                 replay.skipped += 1
+            continue
+        if item is None:
+            continue
+        if type(item) is dict:  # the header line (or the end line, which says nothing replay needs)
+            if not is_end(item):
+                _read_header(item, replay)
+            continue
+        replay.events.append(item)
 
 
 def _read_header(record: dict[str, Any], replay: Replay) -> None:
