@@ -34,7 +34,7 @@ from tui.follower import Follower
 WALL0 = 1_700_000_000.25
 CAP = 4096  # the smallest cap rotation allows: a round of 40 frames (about 8 KB) rotates every round
 ROOT = Path(__file__).resolve().parent.parent
-FOLLOW = [sys.executable, "-m", "tui.cli_follow"]  # `stagewatch follow` (registered in tui/cli.py by hand)
+FOLLOW = [sys.executable, "-m", "tui.cli", "follow"]  # `stagewatch follow`
 POLL = 0.02
 
 

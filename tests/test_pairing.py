@@ -125,3 +125,33 @@ async def test_palette_names_each_action_once_as_the_footer_does(tui_config, clo
         assert not {"Keys", "Show keys", "Maximize"} & set(titles)
         footer = {b.binding.description for _key, b in app.active_bindings.items() if b.binding.show}
         assert {"Help", "Quit", "Max"} <= footer
+
+
+async def test_follow_shows_a_run_as_it_is_recorded_read_only(tmp_path, tui_config,  # noqa: F811
+                                                              closed_before_ready_events):  # noqa: F811
+    """A second viewer: the app on a recording another stagewatch is writing — what was written before it joined,
+    then each event as it lands, the same panes, no run keys, a toast when the recording ends."""
+    from probes.events import ProbeFinished
+    from probes.recording import Recorder
+
+    events = closed_before_ready_events
+    half = next(i for i, e in enumerate(events) if isinstance(e, ProbeFinished)) + 1  # the first probe's whole run
+    path = tmp_path / "shared.jsonl"
+    recorder = Recorder(path, wall0=1_790_000_000.0)
+    for event in events[:half]:
+        recorder.handle(event)
+    recorder.flush()
+    app = StagewatchApp(tui_config, follow_path=path, follow_idle=None)
+    async with app.run_test(size=SMALL) as pilot:
+        follower = app.follower
+        assert follower is not None
+        await wait_until(pilot, lambda: follower.delivered >= half)  # caught up from the start
+        assert not follower.done and "◉ follow" in screen_text(app)
+        assert not app.check_action("rerun", ()) and not app.check_action("watch", ())  # read-only
+        for event in events[half:]:  # the rest is written while it watches
+            recorder.handle(event)
+        recorder.close()
+        await wait_until(pilot, lambda: follower.done and app.state.finished is not None)
+        assert follower.delivered == len(events) and follower.ended == "end"
+        text = screen_text(app)
+        assert re.search(r"✘ golden-path +closed-before-ready", text) and "run 1 FAIL" in text

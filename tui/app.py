@@ -55,6 +55,7 @@ from tui.commands import StagewatchCommands
 from tui.console_control import ConsoleControl
 from tui.engine import EngineThread
 from tui.help import HelpScreen
+from tui.follower import Follower
 from tui.player import Player, speed_label
 from tui.state import FrameBuffer, SessionState
 from tui.watching import WatchControl, interval_words, run_rounds
@@ -140,7 +141,7 @@ class StagewatchApp(App[int]):
                  events: Iterable[Event] | None = None, now: Callable[[], float] | None = None,
                  autostart: bool = True, speed: float = 1.0, paused: bool = False, watch: float | None = None,
                  bell: bool = True, on_change: str | None = None, pytest_args: Sequence[str] | None = None,
-                 console: bool = False) -> None:
+                 console: bool = False, follow_path: Path | None = None, follow_idle: float | None = None) -> None:
         super().__init__()
         self.hand = ConsoleControl(self)
         self.tools = ByHand(self)
@@ -173,7 +174,8 @@ class StagewatchApp(App[int]):
         self.bus = EventBus()
         self.clock = Clock()
         self.recorder: Recorder | None = None
-        self.info = SessionInfo(mode="replay" if replay is not None else "live", fail_fast=self.fail_fast,
+        mode = "replay" if replay is not None else "follow" if follow_path is not None else "live"
+        self.info = SessionInfo(mode=mode, fail_fast=self.fail_fast,
                                 replay_file=replay_name, replay_truncated=bool(replay and replay.truncated),
                                 fault=self.options.fault, insecure=target is not None and not target.verify_tls)
         self.focus_probe: str | None = None
@@ -191,6 +193,9 @@ class StagewatchApp(App[int]):
         self._frames_at = 0.0
         self._detail_at = 0.0
         self.player = Player(replay.events, self._ingest, speed=speed, paused=paused) if replay is not None else None
+        # follow: another stagewatch's recording as it is written (read-only: no engine, no run keys)
+        self.follower = Follower(follow_path, self._ingest, idle=follow_idle) if follow_path is not None else None
+        self._follow_said = False
         self._unsubscribe = self.bus.subscribe(self._inbox.append)
 
     # --- what the app is ---------------------------------------------------------------------------------
@@ -289,6 +294,8 @@ class StagewatchApp(App[int]):
         if self.player is not None:
             self.run_worker(self.player.play(), group="replay", exclusive=True, exit_on_error=False,
                             name="replay")
+        elif self.follower is not None:
+            self.run_worker(self.follower.run(), group="follow", exclusive=True, exit_on_error=False, name="follow")
         elif self.is_live and self.console_requested:
             self.run_worker(self.hand.open(), group="console", exit_on_error=False, name="console")
         elif self.is_live and self.autostart:
@@ -657,6 +664,15 @@ class StagewatchApp(App[int]):
             self.info.replay_position = self.player.position()
             self.info.replay_speed = speed_label(self.player.speed)
             self.info.replay_paused = self.player.paused
+        if self.follower is not None:
+            f = self.follower
+            status = ("ended" if f.ended == "end" else "stopped") if f.done else "live" if f.live else "catching up"
+            self.info.replay_position = f"{status} · {f.delivered:,} events"
+            self.info.replay_file = one_line(_home(f.path))
+            if self.follower.done and not self._follow_said:  # once: the partner knows the run is over
+                self._follow_said = True
+                self.notify(self.follower.position(), title="follow", markup=False,
+                            severity="error" if self.follower.error else "information", timeout=8)
         self.info.fail_fast = self.fail_fast
         control = self.control
         self.info.watch_view = self.watch_view
@@ -832,11 +848,13 @@ class StagewatchApp(App[int]):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in ("rerun", "run_queue", "fail_fast"):
-            return self.replay is None
+            return self.replay is None and self.follower is None
         if action in ("step", "speed"):
             return self.replay is not None
         if action in ("watch", "interval"):
-            return self.replay is None and self.fixed_events is None
+            return self.replay is None and self.fixed_events is None and self.follower is None
+        if action in ("console", "matrix"):
+            return self.follower is None  # following another's run: read-only
         if action in ("round", "panel"):
             return self.watch_view
         return True
@@ -1122,7 +1140,8 @@ class StagewatchApp(App[int]):
 
 def run_app(config: Config, target: ResolvedTarget | None, options: RunOptions, record_path: Path | None,
             replay_path: Path | None, *, watch: float | None = None, bell: bool = True,
-            on_change: str | None = None, pytest_args: Sequence[str] | None = None, console: bool = False) -> int:
+            on_change: str | None = None, pytest_args: Sequence[str] | None = None, console: bool = False,
+            follow_path: Path | None = None, follow_idle: float | None = 1800.0) -> int:
     """Open the app (live against `target`, watching every `watch` seconds when given, or replaying
     `replay_path`; with the console open and no queue run for `console`); returns the process exit code. On
     leaving, says where the session was recorded."""
@@ -1137,12 +1156,12 @@ def run_app(config: Config, target: ResolvedTarget | None, options: RunOptions, 
         except RecordingError as exc:
             sys.stderr.write(f"stagewatch: error: {exc}\n")
             return 2
-    elif target is None:
+    elif target is None and follow_path is None:
         sys.stderr.write("stagewatch: error: no target to probe\n")
         return 2
     app = StagewatchApp(config, target, options, record_path, replay, replay_name=one_line(_home(replay_path or "")),
                         watch=watch if replay is None else None, bell=bell, on_change=on_change,
-                        pytest_args=pytest_args, console=console)
+                        pytest_args=pytest_args, console=console, follow_path=follow_path, follow_idle=follow_idle)
     app.run()
     if app.recorder is not None and record_path is not None and record_path.exists():
         newest = record_path.parent.resolve() == default_recordings_dir().resolve()  # what --last opens

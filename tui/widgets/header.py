@@ -23,7 +23,7 @@ from tui.widgets.theme import status_color
 class SessionInfo:
     """What the header says about the session besides the events (set by the app)."""
 
-    mode: str = "live"  # live | replay
+    mode: str = "live"  # live | replay | follow
     fail_fast: bool = False
     recording: str | None = None
     recording_error: str | None = None
@@ -92,6 +92,10 @@ class HeaderBar(Static):
         if fault and fault != "none":
             bottom.append(f"fault {one_line(fault)}", style=f"bold {status_color(self.app, 'error')}")
             bottom.append(*sep)
+        if info.mode == "follow":  # another stagewatch's recording, as it is written
+            bottom.append("◉ follow", style=f"bold {accent}")
+            bottom.append(f" {info.replay_position}")
+            bottom.append(*sep)
         if info.mode == "replay":
             top_style = status_color(self.app, "error")
             bottom.append("⏸ paused" if info.replay_paused else "▶ replay", style=f"bold {top_style}")
@@ -123,7 +127,7 @@ class HeaderBar(Static):
                 bottom.append(f"  {c[key]} {word}", style="dim")
         bottom.append(*sep)
         bottom.append(f"frames {state.frames_total():,}")
-        if info.mode == "replay":
+        if info.mode in ("replay", "follow"):
             bottom.append(*sep)
             bottom.append(info.replay_file, style="dim")  # last: a long path must not hide the counters
         if info.mode == "live":
