@@ -102,7 +102,7 @@ async def shoot_stage(filename: str = "screenshot-stage.svg") -> None:
     config = load_config(None)
     app = StagewatchApp(config, resolve_target(config, "sandbox"), RunOptions(fault="strip-auth",
                                                                               only=("golden-path",)), None)
-    async with app.run_test(size=SIZE) as pilot:
+    async with app.run_test(size=(120, 35)) as pilot:
         await run_finished(app, pilot, "the strip-auth run did not finish", 30)
         await pilot.press("s")
         await pilot.pause(0.5)
@@ -117,6 +117,18 @@ async def shoot_waterfall(filename: str = "screenshot-waterfall.svg") -> None:
     async with app.run_test(size=SIZE) as pilot:
         await run_finished(app, pilot, "the run did not finish", 30)
         await pilot.press("v")
+        await pilot.pause(0.5)
+        app.save_screenshot(filename, path=str(DOCS))
+    print(DOCS / filename)
+
+
+async def shoot_small(filename: str = "screenshot-80x24.svg") -> None:
+    """closed-before-ready at 80×24: the compact queue with the diagnosis codes, tab to the Diagnosis pane."""
+    config = load_config(None)
+    app = StagewatchApp(config, resolve_target(config, "sandbox"), RunOptions(fault="closed-before-ready"), None)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await run_finished(app, pilot, "the closed-before-ready run did not finish", 30)
+        await pilot.press("shift+tab")  # from the queue, backwards: the Diagnosis pane
         await pilot.pause(0.5)
         app.save_screenshot(filename, path=str(DOCS))
     print(DOCS / filename)
@@ -154,7 +166,9 @@ async def shoot_sessions(filename: str = "screenshot-sessions.svg") -> None:
 
 if __name__ == "__main__":
     wanted = set(sys.argv[1:]) or {"none", "closed-before-ready", "watch", "console", "sessions", "stage",
-                                     "waterfall"}
+                                     "waterfall", "small"}
+    if "small" in wanted:
+        asyncio.run(shoot_small())
     if "sessions" in wanted:
         asyncio.run(shoot_sessions())
     if "stage" in wanted:
