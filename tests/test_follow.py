@@ -22,35 +22,19 @@ import pytest
 from probes.bus import EventBus
 from probes.clock import Clock
 from probes.config import resolve_target
-from probes.events import (Frame, Notice, ProbeFinished, ProbeStarted, RunFinished, RunStarted, StageFinished,
-                           StageStarted)
+from probes.events import Notice, RunFinished, RunStarted
 from probes.follow import FollowError, Tail, follow, follow_batches, has_ended, latest_recording
 from probes.headless import Printer
 from probes.recording import Recorder, end_line, header_line, read_recording
 from probes.rotation import part_path, recording_parts
 from probes.runner import RunOptions, run_queue
+from tests.test_rotation import WALL0, _round  # one round of a watch, as recorded
 from tui.follower import Follower
 
-WALL0 = 1_700_000_000.25
 CAP = 4096  # the smallest cap rotation allows: a round of 40 frames (about 8 KB) rotates every round
 ROOT = Path(__file__).resolve().parent.parent
 FOLLOW = [sys.executable, "-m", "tui.cli", "follow"]  # `stagewatch follow`
 POLL = 0.02
-
-
-def _round(n: int, frames: int, t0: float) -> list[Any]:
-    """One round of the queue as a watch records it: a probe whose stage's frames make the bulk."""
-    t = t0
-    events: list[Any] = [RunStarted(t, "sandbox", "http://127.0.0.1:1", (("p", "probe", 0),), WALL0)]
-    events.append(ProbeStarted(t + 0.001, "p", "probe", 0, ("agent",)))
-    events.append(StageStarted(t + 0.002, "p", "agent", "expect_events", 5.0))
-    for i in range(frames):
-        events.append(Frame(t + 0.003 + i * 1e-4, "p", "in", 1.5 + i, 60,
-                            f'{{"type":"agent_thinking","round":{n},"i":{i},"pad":"{"x" * 40}"}}'))
-    events.append(StageFinished(t + 0.5, "p", "agent", "pass", 497.0, f"round {n} ok"))
-    events.append(ProbeFinished(t + 0.6, "p", "pass", 599.0, None, frames, 1))
-    events.append(RunFinished(t + 0.7, "pass", 700.0))
-    return events
 
 
 def _unclosed(path: Path, events: list[Any]) -> None:
