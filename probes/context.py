@@ -22,6 +22,7 @@ from .frames import parse_json
 from .net import BodyTooLarge, HostNotAllowed, bounded_request, is_loopback
 from .redact import Redactor
 from .session import Message, Session
+from .tracecontext import traceparent
 
 
 class StageFailed(Exception):
@@ -59,6 +60,7 @@ class RunContext:
     token: authmod.TokenInfo | None = None
     allowed_hosts: frozenset[str] = frozenset()
     degraded_ms: float | None = None  # watch.degraded_ms: a stage's default threshold for DEGRADED
+    trace: bool = False  # RunOptions.trace: every probe a trace, every stage a span, `traceparent` on requests
 
     @property
     def ws_url(self) -> str:
@@ -87,6 +89,8 @@ class ProbeContext:
     token: authmod.TokenInfo | None = None
     sent_headers: dict[str, str] = field(default_factory=dict)  # what the last upgrade carried (echo check)
     answers: list[Message] = field(default_factory=list)  # response-type frames since the last send
+    trace_id: str = ""  # with tracing on: this probe run's trace, and the span of the stage running now
+    span_id: str = ""
 
     @property
     def protocol(self) -> Protocol:
@@ -98,6 +102,12 @@ class ProbeContext:
 
     def t(self) -> float:
         return self.run.clock()
+
+    def trace_headers(self) -> dict[str, str]:
+        """`traceparent` naming the running stage's span as the parent, with tracing on; else nothing."""
+        if not self.trace_id or not self.span_id:
+            return {}
+        return {"traceparent": traceparent(self.trace_id, self.span_id)}
 
     def redact(self, text: str) -> str:
         return self.run.redactor.text(text)
@@ -134,7 +144,7 @@ class ProbeContext:
         assert a.endpoint is not None and self.run.http is not None
         self.run.check_host(a.endpoint.url)
         try:
-            return await authmod.fetch_token(self.run.http, a.endpoint, limit)
+            return await authmod.fetch_token(self.run.http, a.endpoint, limit, headers=self.trace_headers())
         except authmod.AuthError as exc:
             raise StageFailed(str(exc)) from None
 

@@ -50,6 +50,10 @@ class ProbeStarted(Event):
     name: str
     priority: int
     stages: tuple[str, ...]
+    # With tracing on (RunOptions.trace): the W3C trace id of this probe run (32 hex) and its root span's id (16
+    # hex); empty otherwise, and then absent from the record (older recordings have neither)
+    trace_id: str = ""
+    span_id: str = ""
     kind: ClassVar[str] = "probe_started"
 
 
@@ -60,6 +64,7 @@ class StageStarted(Event):
     step: str
     timeout_s: float | None = None  # the stage's own limit, so a person watching sees how long it may take
     degraded_ms: float | None = None  # a pass slower than this is DEGRADED (watch)
+    span_id: str = ""  # with tracing on: the stage's span (16 hex), the parent the stage's requests send
     kind: ClassVar[str] = "stage_started"
 
 
@@ -217,6 +222,7 @@ EVENT_TYPES: dict[str, type[Any]] = {
 }
 
 _TUPLE_FIELDS = {"probes", "stages", "diagnoses", "rtts", "stalled"}
+_OMIT_EMPTY = {"trace_id", "span_id"}  # left out of a record when empty: records without tracing stay as they were
 
 
 def _field_names(cls: type[Any]) -> tuple[str, ...]:
@@ -230,6 +236,8 @@ def to_record(event: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"type": event.kind}
     for name in _field_names(type(event)):
         value = getattr(event, name)
+        if name in _OMIT_EMPTY and not value:
+            continue
         if isinstance(value, bytes):
             value = {"b64": base64.b64encode(value).decode("ascii")}
         elif isinstance(value, StepEvidence):

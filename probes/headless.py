@@ -13,11 +13,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 import time
-from typing import BinaryIO, TextIO
+from collections.abc import Sequence
+from typing import Any, BinaryIO, TextIO
 
 import orjson
 
-from .bus import EventBus
+from .bus import EventBus, Listener
 from .closecodes import close_sentence
 from .config import Config, ResolvedTarget
 from .evidence_view import timing_words
@@ -263,6 +264,9 @@ class HeadlessRequest:
     bell: bool = True  # the terminal bell on a flip (a watch on a terminal)
     record_max_bytes: int | None = None
     pytest_args: tuple[str, ...] | None = None  # run the team's own pytest suite (these arguments) as the queue
+    otlp_endpoint: str | None = None  # --otlp: a trace per probe to this OTLP/HTTP traces URL (probes.otel)
+    metrics_port: int | None = None  # --metrics-port: serve /metrics here while the run lasts (probes.metrics)
+    metrics_host: str = "127.0.0.1"
 
 
 class _SafeStream:
@@ -318,7 +322,8 @@ class _Stopped(Exception):
         self.signum = signum
 
 
-async def _stoppable(req: HeadlessRequest, summary: RunModel, recorders: list[Recorder]) -> int:
+async def _stoppable(req: HeadlessRequest, summary: RunModel, recorders: list[Recorder],
+                     listeners: Sequence[Listener] = ()) -> int:
     """`_run`, ended like Ctrl-C by SIGTERM (CI runners, `timeout`) or SIGHUP (a closed terminal)."""
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
@@ -336,7 +341,7 @@ async def _stoppable(req: HeadlessRequest, summary: RunModel, recorders: list[Re
         except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no such signal here
             pass
     try:
-        return await _run(req, summary, recorders)
+        return await _run(req, summary, recorders, listeners)
     except asyncio.CancelledError:
         if received:
             raise _Stopped(received[0]) from None
@@ -415,10 +420,13 @@ def _open_jsonl(path: Path | None) -> BinaryIO | None:
         return None
 
 
-async def _run(req: HeadlessRequest, summary: RunModel, recorders: list[Recorder]) -> int:
+async def _run(req: HeadlessRequest, summary: RunModel, recorders: list[Recorder],
+               listeners: Sequence[Listener] = ()) -> int:
     bus = EventBus()
     clock = Clock()
     bus.subscribe(summary.apply)
+    for listener in listeners:  # metrics and traces: after the summary, whose history the metrics read
+        bus.subscribe(listener)
     watching = req.watch is not None
     if not req.quiet:
         bus.subscribe(Printer(verbose=req.verbose, insecure=not req.target.verify_tls, rounds=watching,
@@ -483,9 +491,14 @@ def run_headless(req: HeadlessRequest) -> int:
     recorders: list[Recorder] = []
     out, err = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = _SafeStream(out), _SafeStream(err)
+    telemetry = _Telemetry(req, summary)
     try:
+        if not telemetry.start():
+            return EXIT_USAGE
+        if req.otlp_endpoint is not None and not req.options.trace:  # the engine names the traces it sends
+            req = dataclasses.replace(req, options=dataclasses.replace(req.options, trace=True))
         try:
-            code = asyncio.run(_stoppable(req, summary, recorders))
+            code = asyncio.run(_stoppable(req, summary, recorders, telemetry.listeners))
         except KeyboardInterrupt:
             sys.stderr.write("stagewatch: interrupted\n")
             code = EXIT_INTERRUPTED  # the reports below still say what ran before the interrupt
@@ -505,4 +518,49 @@ def run_headless(req: HeadlessRequest) -> int:
                 sys.stderr.write(f"stagewatch: recording: {recorder.path}\n")
         return code
     finally:
+        telemetry.close()  # after the reports: the spans' flush may wait on a slow collector
         sys.stdout, sys.stderr = out, err
+
+
+class _Telemetry:
+    """--metrics-port and --otlp: the listeners (imported only when asked for: their packages are extras), the
+    /metrics server while the run lasts, and the spans flushed at the end, however the run ended."""
+
+    def __init__(self, req: HeadlessRequest, summary: RunModel) -> None:
+        self.req, self.summary = req, summary
+        self.listeners: list[Listener] = []
+        self.metrics: Any = None
+        self.otel: Any = None
+
+    def start(self) -> bool:
+        """False (after one line on stderr) when /metrics cannot be served where asked."""
+        req = self.req
+        if req.metrics_port is not None:
+            from .metrics import Metrics
+
+            self.metrics = Metrics(self.summary)
+            try:
+                port = self.metrics.serve(req.metrics_port, req.metrics_host)
+            except OSError as exc:
+                sys.stderr.write(f"stagewatch: error: --metrics-port {req.metrics_port}: "
+                                 f"{one_line(str(exc.strerror or exc))}\n")
+                self.metrics = None
+                return False
+            host = f"[{req.metrics_host}]" if ":" in req.metrics_host else req.metrics_host
+            if not req.quiet:
+                sys.stderr.write(f"stagewatch: metrics: http://{one_line(host)}:{port}/metrics\n")
+            self.listeners.append(self.metrics.handle)
+        if req.otlp_endpoint is not None:
+            from .otel import otlp_listener
+
+            self.otel = otlp_listener(req.otlp_endpoint, target=req.target.name)
+            self.listeners.append(self.otel.handle)
+        return True
+
+    def close(self) -> None:
+        if self.otel is not None:
+            problem = self.otel.close()
+            if problem:
+                sys.stderr.write(f"stagewatch: warning: {one_line(problem)}\n")
+        if self.metrics is not None:
+            self.metrics.close()

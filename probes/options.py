@@ -29,6 +29,7 @@ class RunOptions:
     env: Mapping[str, str] | None = None
     sandbox: Sandbox | None = None  # a running sandbox for a sandbox target: used, never started or stopped here
     holds: str = "with"  # probes with a hold step: with the others, "without" them (a watch's rounds), "only" them
+    trace: bool = False  # name a W3C trace per probe and a span per stage, and send `traceparent` (probes.otel)
 
 
 @dataclass

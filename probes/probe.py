@@ -16,6 +16,7 @@ from .evidence import StepEvidence
 from .model import ProbeModel
 from .net import HostNotAllowed, ms_since
 from .steps import StepKind, kinds
+from .tracecontext import new_span_id, new_trace_id
 
 KINDS = kinds()
 BACKSTOP_GRACE_S = 0.1
@@ -59,14 +60,18 @@ class ProbeRun:
         """Every stage in order; the connection is closed however the probe ends (a cancel re-raises after)."""
         start = time.monotonic()
         ctx = self.ctx
+        root = ""
+        if self.run_ctx.trace:  # a trace per run of the probe: its root span, a span per stage below it
+            ctx.trace_id, root = new_trace_id(), new_span_id()
         self._emit(ProbeStarted(ctx.t(), self.probe.id, self.probe.name or self.probe.id, self.probe.priority,
-                                tuple(s.name for s in self.probe.steps)))
+                                tuple(s.name for s in self.probe.steps), ctx.trace_id, root))
         failed: str | None = None
         status: Status = "pass"
         try:
             for step in self.probe.steps:
                 if failed is not None:
-                    self._emit(StageStarted(ctx.t(), self.probe.id, step.name, step.step))
+                    self._emit(StageStarted(ctx.t(), self.probe.id, step.name, step.step,
+                                            span_id=new_span_id() if ctx.trace_id else ""))
                     self._emit(StageFinished(ctx.t(), self.probe.id, step.name, "skip", 0.0,
                                              f"not run: {failed} failed"))
                     continue
@@ -81,8 +86,9 @@ class ProbeRun:
     async def _stage(self, step: Step, kind: StepKind) -> Status:
         ctx = self.ctx
         limit = kind.limit(step, ctx)
+        ctx.span_id = new_span_id() if ctx.trace_id else ""  # the parent its requests name (traceparent)
         self._emit(StageStarted(ctx.t(), self.probe.id, step.name, step.step, limit,
-                                step.degraded_ms or ctx.run.degraded_ms))
+                                step.degraded_ms or ctx.run.degraded_ms, ctx.span_id))
         start = time.monotonic()
         status: Status = "pass"
         evidence: StepEvidence | None

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import os
+import ssl
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -81,6 +83,13 @@ def target_hosts(target: ResolvedTarget, base_url: str) -> frozenset[str]:
     return frozenset(h.lower() for h in hosts if h)
 
 
+@functools.lru_cache(maxsize=8)
+def tls_context(verify: bool, trust_env: bool, cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext:
+    """The runs' TLS context, built once: loading the CA bundle costs ~16 ms of CPU per client, more than the rest of
+    a probe against a nearby server (a load test runs thousands). Keyed by what httpx reads to build it."""
+    return httpx.create_ssl_context(verify=verify, trust_env=trust_env)
+
+
 @asynccontextmanager
 async def run_context(config: Config, target: ResolvedTarget, bus: EventBus, options: RunOptions,
                       clock: Clock) -> AsyncIterator[tuple[RunContext, str | None]]:
@@ -102,12 +111,14 @@ async def run_context(config: Config, target: ResolvedTarget, bus: EventBus, opt
     try:
         # No keep-alive: each probe measures its own connection, and a server closing an idle one between probes
         # (as restarting ones do) must not fail the next probe with "disconnected without sending a response".
-        async with httpx.AsyncClient(verify=target.verify_tls, follow_redirects=False, trust_env=not loopback,
+        tls = tls_context(target.verify_tls, not loopback, os.environ.get("SSL_CERT_FILE"),
+                          os.environ.get("SSL_CERT_DIR"))
+        async with httpx.AsyncClient(verify=tls, follow_redirects=False, trust_env=not loopback,
                                      limits=httpx.Limits(max_keepalive_connections=0)) as http:
             yield RunContext(target=target, base_url=base_url, bus=bus, clock=clock,
                              redactor=run_redactor(target, env, secret), env=env, expected_version=expected,
                              sandbox_secret=secret, http=http, allowed_hosts=target_hosts(target, base_url),
-                             degraded_ms=config.watch.degraded_ms), secret
+                             degraded_ms=config.watch.degraded_ms, trace=options.trace), secret
     finally:
         if owned is not None:
             await owned.stop()

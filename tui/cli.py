@@ -22,7 +22,7 @@ from probes.net import is_loopback
 from probes.sandbox import FAULTS, DeployStep, parse_deploy
 from probes.sanitize import one_line
 from tui.cli_common import (DURATION, record_path_for, FAULT_CHOICE, check_credentials, fail, load, pick_target, prepare,
-                            report_options, target_options)
+                            report_options, target_options, telemetry, telemetry_options)
 
 WATCH_DEFAULT = 0.0  # `--watch` without a value: the config's watch.interval_s
 MIN_WATCH_S = 0.1
@@ -110,13 +110,15 @@ _PYTEST_HELP = ("Run your own pytest suite as the queue: the arguments after the
 @click.option("--on-change", metavar="CMD",
               help="With --watch: run CMD on every flip (DOWN, UP, DEGRADED), the flip as JSON on its stdin.")
 @click.option("--no-bell", is_flag=True, help="With --watch: no terminal bell on a flip.")
+@telemetry_options
 @click.argument("pytest_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- PYTEST ARGS…]")
 def run(config_path: str | None, target: str | None, url: str | None, fault: str, expect_version: str | None,
         fail_fast: bool, only: tuple[str, ...], max_priority: int | None, insecure: bool, allow_production: bool,
         use_pytest: bool, json_path: Path | None, junit_path: Path | None, markdown_path: Path | None,
         record_path: str | None, no_record: bool, verbose: bool, quiet: bool, watch_every: float | None,
         count: int | None, for_s: float | None, until_pass: bool, until_version: str | None,
-        jsonl_path: Path | None, on_change: str | None, no_bell: bool, pytest_args: tuple[str, ...]) -> None:
+        jsonl_path: Path | None, on_change: str | None, no_bell: bool, otlp: str | None, metrics_port: int | None,
+        metrics_host: str | None, pytest_args: tuple[str, ...]) -> None:
     """Run the probe queue headless: a line per stage, a verdict, reports. Exit 0 pass, 1 fail, 2 usage.
 
     With --watch, the queue runs in rounds: a line per round, a line per flip; the reports describe the whole
@@ -138,6 +140,7 @@ def run(config_path: str | None, target: str | None, url: str | None, fault: str
         fail("--watch: the interval must be at least 50ms")
     if use_pytest:
         _pytest_usable(only, expect_version)
+    otlp_endpoint, metrics_port, metrics_host_ = telemetry(otlp, metrics_port, metrics_host)
     config, resolved, options = prepare(config_path, target, url, fault, expect_version, fail_fast, only,
                                          max_priority, insecure, allow_production)
     if not use_pytest:
@@ -148,7 +151,8 @@ def run(config_path: str | None, target: str | None, url: str | None, fault: str
                           until_version=until_version, jsonl_path=jsonl_path, on_change=on_change,
                           bell=config.watch.bell and not no_bell,
                           record_max_bytes=int(config.recording.max_file_mb * 1024 * 1024),
-                          pytest_args=pytest_args if use_pytest else None)
+                          pytest_args=pytest_args if use_pytest else None, otlp_endpoint=otlp_endpoint,
+                          metrics_port=metrics_port, metrics_host=metrics_host_)
     sys.exit(run_headless(req))
 
 
@@ -383,8 +387,9 @@ from tui.cli_console import console  # noqa: E402
 from tui.cli_diff import diff  # noqa: E402
 from tui.cli_matrix import matrix  # noqa: E402
 from tui.cli_repro import repro, token  # noqa: E402
+from tui.cli_follow import follow  # noqa: E402
 
-for _command in (console, diff, matrix, repro, token):
+for _command in (console, diff, matrix, repro, token, follow):
     main.add_command(_command)
 
 

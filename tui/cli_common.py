@@ -157,6 +157,72 @@ def report_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
+def telemetry_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Where a headless run reports to while it runs: traces over OTLP, metrics for Prometheus to scrape."""
+    for option in reversed([
+        click.option("--otlp", "otlp", metavar="[ENDPOINT]", is_flag=False, flag_value="", default=None,
+                     help="Export a trace per probe (a span per stage) over OTLP/HTTP to ENDPOINT (alone: "
+                     "$OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, $OTEL_EXPORTER_OTLP_ENDPOINT or localhost:4318), and "
+                     "send traceparent on the probes' requests. Those variables alone turn it on too."),
+        click.option("--metrics-port", type=click.IntRange(0, 65535), metavar="N",
+                     help="Serve Prometheus metrics on /metrics at this port while the run lasts (0: any free "
+                     "port, said on stderr)."),
+        click.option("--metrics-host", metavar="HOST", default=None,
+                     help="Address for --metrics-port (default 127.0.0.1)."),
+    ]):
+        func = option(func)
+    return func
+
+
+EXTRA_LINE = "stagewatch: {flag} needs the {extra} extra: pip install 'stagewatch[{extra}]'"
+
+
+def _needs(flag: str, extra: str, *modules: str) -> bool:
+    """Whether the extra's packages import; without them, the one line saying how to get them (exit 2)."""
+    import importlib
+
+    try:
+        for module in modules:
+            importlib.import_module(module)
+    except ImportError:
+        click.echo(EXTRA_LINE.format(flag=flag, extra=extra), err=True)
+        sys.exit(EXIT_USAGE)
+    return True
+
+
+def telemetry(otlp: str | None, metrics_port: int | None, metrics_host: str | None) -> tuple[str | None, int | None,
+                                                                                            str]:
+    """(the traces endpoint or None, the metrics port or None, its host), the extras checked: a flag whose
+    packages are missing is a usage error with one line; the OTEL_EXPORTER_OTLP_* variables alone turn tracing
+    on when the packages are there (and only warn when they are not)."""
+    from probes.tracecontext import endpoint_from_env, resolve_endpoint
+
+    if metrics_host is not None and metrics_port is None:
+        fail("--metrics-host goes with --metrics-port")
+    if metrics_port is not None:
+        _needs("--metrics-port", "metrics", "prometheus_client", "probes.metrics")
+    endpoint: str | None = None
+    if otlp is not None:
+        _needs("--otlp", "otel", "probes.otel", "opentelemetry.exporter.otlp.proto.http.trace_exporter")
+        try:
+            endpoint = resolve_endpoint(otlp or None, os.environ)
+        except ValueError as exc:
+            fail(str(exc))
+    elif endpoint_from_env(os.environ):
+        try:
+            import probes.otel  # noqa: F401
+            import opentelemetry.exporter.otlp.proto.http.trace_exporter  # noqa: F401
+        except ImportError:
+            click.echo("stagewatch: warning: OTEL_EXPORTER_OTLP_*ENDPOINT is set, but traces need the otel extra "
+                       "(pip install 'stagewatch[otel]'): not exporting", err=True)
+        else:
+            try:
+                endpoint = resolve_endpoint(None, os.environ)
+            except ValueError as exc:
+                fail(str(exc))
+    return endpoint, metrics_port, metrics_host or "127.0.0.1"
+
+
 def prepare(config_path: str | None, target: str | None, url: str | None, fault: str, expect_version: str | None,
              fail_fast: bool, only: tuple[str, ...], max_priority: int | None, insecure: bool,
              allow_production: bool) -> tuple[Config, ResolvedTarget, RunOptions]:

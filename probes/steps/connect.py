@@ -77,7 +77,7 @@ class Connect(StepKind):
             ctx.token = info
             token = info.token
         url = ctx.run.ws_url
-        headers = dict(p.headers)
+        headers = {**p.headers, **ctx.trace_headers()}  # traceparent: the backend's spans join this stage's
         subprotocols: list[str] = list(p.extra_subprotocols)
         offered: str | None = None
         if token:

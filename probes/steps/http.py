@@ -84,7 +84,8 @@ class Http(StepKind):
         start = time.monotonic()
         where = urlsplit(url).path or "/"
         try:
-            resp = await bounded_request(ctx.run.http, "GET", url, limit, headers=dict(ctx.protocol.headers))
+            resp = await bounded_request(ctx.run.http, "GET", url, limit,
+                                         headers={**ctx.protocol.headers, **ctx.trace_headers()})
         except BodyTooLarge as exc:
             error = "bomb" if isinstance(exc, BodyBomb) else "too-large"
             ctx.emit(HttpExchange(ctx.t(), ctx.probe_id, step.name, "GET", url, exc.status, {}, "", ms_since(start),
