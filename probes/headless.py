@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import time
 from collections.abc import Sequence
-from typing import Any, BinaryIO, TextIO
+from typing import BinaryIO, TextIO
 
 import orjson
 
@@ -33,6 +33,7 @@ from .alerts import flip_payload, run_on_change
 from .sanitize import event_visible, one_line
 from .watch import UNREACHABLE, Flip, cause_words
 from .clock import Clock
+from .telemetry import Telemetry
 from .runner import RunOptions, run_beside, run_queue, shared_sandbox
 from .pytest_run import run_pytest
 
@@ -491,7 +492,8 @@ def run_headless(req: HeadlessRequest) -> int:
     recorders: list[Recorder] = []
     out, err = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = _SafeStream(out), _SafeStream(err)
-    telemetry = _Telemetry(req, summary)
+    telemetry = Telemetry(summary, target=req.target.name, metrics_port=req.metrics_port,
+                          metrics_host=req.metrics_host, otlp_endpoint=req.otlp_endpoint, quiet=req.quiet)
     try:
         if not telemetry.start():
             return EXIT_USAGE
@@ -520,47 +522,3 @@ def run_headless(req: HeadlessRequest) -> int:
     finally:
         telemetry.close()  # after the reports: the spans' flush may wait on a slow collector
         sys.stdout, sys.stderr = out, err
-
-
-class _Telemetry:
-    """--metrics-port and --otlp: the listeners (imported only when asked for: their packages are extras), the
-    /metrics server while the run lasts, and the spans flushed at the end, however the run ended."""
-
-    def __init__(self, req: HeadlessRequest, summary: RunModel) -> None:
-        self.req, self.summary = req, summary
-        self.listeners: list[Listener] = []
-        self.metrics: Any = None
-        self.otel: Any = None
-
-    def start(self) -> bool:
-        """False (after one line on stderr) when /metrics cannot be served where asked."""
-        req = self.req
-        if req.metrics_port is not None:
-            from .metrics import Metrics
-
-            self.metrics = Metrics(self.summary)
-            try:
-                port = self.metrics.serve(req.metrics_port, req.metrics_host)
-            except OSError as exc:
-                sys.stderr.write(f"stagewatch: error: --metrics-port {req.metrics_port}: "
-                                 f"{one_line(str(exc.strerror or exc))}\n")
-                self.metrics = None
-                return False
-            host = f"[{req.metrics_host}]" if ":" in req.metrics_host else req.metrics_host
-            if not req.quiet:
-                sys.stderr.write(f"stagewatch: metrics: http://{one_line(host)}:{port}/metrics\n")
-            self.listeners.append(self.metrics.handle)
-        if req.otlp_endpoint is not None:
-            from .otel import otlp_listener
-
-            self.otel = otlp_listener(req.otlp_endpoint, target=req.target.name)
-            self.listeners.append(self.otel.handle)
-        return True
-
-    def close(self) -> None:
-        if self.otel is not None:
-            problem = self.otel.close()
-            if problem:
-                sys.stderr.write(f"stagewatch: warning: {one_line(problem)}\n")
-        if self.metrics is not None:
-            self.metrics.close()

@@ -269,3 +269,27 @@ def test_metrics_host_goes_with_metrics_port(tmp_path):
     out = subprocess.run([*STAGEWATCH, "run", "--metrics-host", "127.0.0.1", "--no-record"], cwd=tmp_path, env=_env(),
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "--metrics-host goes with --metrics-port" in out.stderr
+
+
+async def test_the_app_serves_metrics(fast_config) -> None:  # type: ignore[no-untyped-def]
+    """`stagewatch --metrics-port N` (the app): /metrics from the engine's events while the app shows them."""
+    from probes.telemetry import Telemetry
+    from tests.test_tui import wait_for_run
+    from tui.app import StagewatchApp
+
+    telemetry = Telemetry(target="sandbox", metrics_port=0, quiet=True)
+    app = StagewatchApp(fast_config, resolve_target(fast_config, "sandbox"),
+                        RunOptions(fault="closed-before-ready", only=("health", "golden-path")), None,
+                        telemetry=telemetry)
+    try:
+        async with app.run_test(size=(120, 35)) as pilot:
+            await wait_for_run(app, pilot)
+            assert telemetry.url is not None and app.options.trace is False  # no --otlp: no traceparent
+            body = await asyncio.to_thread(lambda: urllib.request.urlopen(telemetry.url, timeout=5).read().decode())
+    finally:
+        telemetry.close()
+    runs = {(s.labels["probe"], s.labels["status"]): s.value for f in text_string_to_metric_families(body)
+            if f.name == "stagewatch_probe_runs" for s in f.samples if s.name.endswith("_total")}
+    assert runs == {("health", "pass"): 1.0, ("golden-path", "fail"): 1.0}, runs
+    assert 'stagewatch_diagnoses_total{code="closed-before-ready",probe="golden-path"} 1.0' in body
+    assert 'stagewatch_close_total{by="server",code="1000",probe="golden-path"} 1.0' in body

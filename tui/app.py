@@ -55,6 +55,7 @@ from tui.commands import StagewatchCommands
 from tui.console_control import ConsoleControl
 from tui.engine import EngineThread
 from tui.help import HelpScreen
+from probes.telemetry import Telemetry
 from tui.follower import Follower
 from tui.player import Player, speed_label
 from tui.state import FrameBuffer, SessionState
@@ -141,7 +142,8 @@ class StagewatchApp(App[int]):
                  events: Iterable[Event] | None = None, now: Callable[[], float] | None = None,
                  autostart: bool = True, speed: float = 1.0, paused: bool = False, watch: float | None = None,
                  bell: bool = True, on_change: str | None = None, pytest_args: Sequence[str] | None = None,
-                 console: bool = False, follow_path: Path | None = None, follow_idle: float | None = None) -> None:
+                 console: bool = False, follow_path: Path | None = None, follow_idle: float | None = None,
+                 telemetry: Telemetry | None = None) -> None:
         super().__init__()
         self.hand = ConsoleControl(self)
         self.tools = ByHand(self)
@@ -195,6 +197,10 @@ class StagewatchApp(App[int]):
         self.player = Player(replay.events, self._ingest, speed=speed, paused=paused) if replay is not None else None
         # follow: another stagewatch's recording as it is written (read-only: no engine, no run keys)
         self.follower = Follower(follow_path, self._ingest, idle=follow_idle) if follow_path is not None else None
+        # --metrics-port / --otlp: listeners on the bus (the engine's thread), /metrics read from this session's fold
+        self.telemetry = telemetry if target is not None else None
+        if self.telemetry is not None and self.telemetry.otlp_endpoint is not None:
+            self.options = dataclasses.replace(self.options, trace=True)  # the engine names the traces it sends
         self._follow_said = False
         self._unsubscribe = self.bus.subscribe(self._inbox.append)
 
@@ -278,6 +284,16 @@ class StagewatchApp(App[int]):
         if self.is_live:
             self.engine = EngineThread()
             self.engine.start()
+            if self.telemetry is not None:
+                self.telemetry.summary = self.state
+                if self.telemetry.start():
+                    for listener in self.telemetry.listeners:
+                        self.bus.subscribe(listener)
+                    if self.telemetry.url:
+                        self.notify(f"metrics: {self.telemetry.url}", title="--metrics-port", markup=False, timeout=20)
+                else:
+                    self.notify(f"--metrics-port {self.telemetry.metrics_port}: could not serve /metrics there",
+                                severity="error", markup=False)
         if self.record_path is not None and self.engine is not None:
             self.recorder = Recorder(self.record_path, Redactor(), self.clock.wall, notify=self.bus.publish,
                                      offload=True, max_bytes=int(self.config.recording.max_file_mb * 1024 * 1024))
@@ -1141,7 +1157,8 @@ class StagewatchApp(App[int]):
 def run_app(config: Config, target: ResolvedTarget | None, options: RunOptions, record_path: Path | None,
             replay_path: Path | None, *, watch: float | None = None, bell: bool = True,
             on_change: str | None = None, pytest_args: Sequence[str] | None = None, console: bool = False,
-            follow_path: Path | None = None, follow_idle: float | None = 1800.0) -> int:
+            follow_path: Path | None = None, follow_idle: float | None = 1800.0,
+            telemetry: Telemetry | None = None) -> int:
     """Open the app (live against `target`, watching every `watch` seconds when given, or replaying
     `replay_path`; with the console open and no queue run for `console`); returns the process exit code. On
     leaving, says where the session was recorded."""
@@ -1161,8 +1178,13 @@ def run_app(config: Config, target: ResolvedTarget | None, options: RunOptions, 
         return 2
     app = StagewatchApp(config, target, options, record_path, replay, replay_name=one_line(_home(replay_path or "")),
                         watch=watch if replay is None else None, bell=bell, on_change=on_change,
-                        pytest_args=pytest_args, console=console, follow_path=follow_path, follow_idle=follow_idle)
-    app.run()
+                        pytest_args=pytest_args, console=console, follow_path=follow_path, follow_idle=follow_idle,
+                        telemetry=telemetry)
+    try:
+        app.run()
+    finally:
+        if app.telemetry is not None:
+            app.telemetry.close()  # the spans flushed (a line if they could not be delivered), /metrics stopped
     if app.recorder is not None and record_path is not None and record_path.exists():
         newest = record_path.parent.resolve() == default_recordings_dir().resolve()  # what --last opens
         sys.stderr.write(one_line(f"stagewatch: recorded to {record_path} — replay it: stagewatch replay "

@@ -21,6 +21,7 @@ from probes.options import RunOptions
 from probes.net import is_loopback
 from probes.sandbox import FAULTS, DeployStep, parse_deploy
 from probes.sanitize import one_line
+from probes.telemetry import Telemetry
 from tui.cli_common import (DURATION, record_path_for, FAULT_CHOICE, check_credentials, fail, load, pick_target, prepare,
                             report_options, target_options, telemetry, telemetry_options)
 
@@ -57,12 +58,14 @@ def _watch_interval(ctx: click.Context, param: click.Parameter, value: str | Non
 @click.option("--no-bell", is_flag=True, help="No terminal bell when a probe flips (UP/DOWN/DEGRADED).")
 @click.option("--on-change", "on_change", metavar="CMD", help="Run CMD (with /bin/sh) on each flip, the flip as "
               "one JSON object on its stdin (e.g. a curl to a chat webhook).")
+@telemetry_options
 @click.version_option(package_name="stagewatch")
 @click.pass_context
 def main(ctx: click.Context, config_path: str | None, target: str | None, url: str | None, fault: str,
          expect_version: str | None, fail_fast: bool, only: tuple[str, ...], max_priority: int | None,
          insecure: bool, allow_production: bool, record_path: str | None, no_record: bool, watch: float | None,
-         no_bell: bool, on_change: str | None) -> None:
+         no_bell: bool, on_change: str | None, otlp: str | None, metrics_port: int | None,
+         metrics_host: str | None) -> None:
     """Watch the golden path live: health → auth → connect → handshake → message → agent → response.
 
     With no command, opens the live monitor against the default target (the embedded sandbox); with --watch,
@@ -72,19 +75,23 @@ def main(ctx: click.Context, config_path: str | None, target: str | None, url: s
         return
     config, resolved, options = prepare(config_path, target, url, fault, expect_version, fail_fast, only,
                                          max_priority, insecure, allow_production)
+    otlp_endpoint, metrics_port, metrics_host_ = telemetry(otlp, metrics_port, metrics_host)
     if watch == WATCH_DEFAULT:
         watch = config.watch.interval_s
     _open_app(config, resolved, options, record_path_for(record_path, no_record, resolved.name, config), watch=watch,
-              bell=not no_bell, on_change=on_change or None)
+              bell=not no_bell, on_change=on_change or None,
+              telemetry=Telemetry(target=resolved.name, metrics_port=metrics_port,
+                                  metrics_host=metrics_host_, otlp_endpoint=otlp_endpoint, quiet=True)
+              if otlp_endpoint is not None or metrics_port is not None else None)
 
 
 def _open_app(config: Config, target: ResolvedTarget | None, options: RunOptions, record: Path | None,
               replay: Path | None = None, *, watch: float | None = None, bell: bool = True,
-              on_change: str | None = None) -> None:
+              on_change: str | None = None, telemetry: Telemetry | None = None) -> None:
     from tui.app import run_app  # the Textual import is paid only here
 
     sys.exit(run_app(config=config, target=target, options=options, record_path=record, replay_path=replay,
-                     watch=watch, bell=bell, on_change=on_change))
+                     watch=watch, bell=bell, on_change=on_change, telemetry=telemetry))
 
 
 # `run --pytest ARGS…` and `pytest ARGS…`: everything after the first argument (or after `--`) is pytest's.
