@@ -301,6 +301,7 @@ class _Holder:
             async with self.opening:
                 token = await self._token()
                 url, headers, subprotocols = credentials(self.ctx.run, token.token, p.token_transport)
+                headers.update(self.ctx.trace_headers())  # each session's upgrade joins the hold stage's span
                 self.ctx.run.check_host(url)
                 ws = await open_connection(url, subprotocols=subprotocols, headers=headers, open_timeout=t.connect,
                                            close_timeout=t.close, max_size=HOLD_MAX_FRAME,
