@@ -266,11 +266,11 @@ def test_watch_option_parses_durations_and_says_what_is_wrong(monkeypatch):
     runner = CliRunner()
     result = runner.invoke(cli.main, ["--watch", "30s", "--no-bell", "--on-change", "true", "--no-record"])
     assert result.exit_code == 0, result.output
-    assert opened[-1] == {"watch": 30.0, "bell": False, "on_change": "true"}
+    assert opened[-1] == {"watch": 30.0, "bell": False, "on_change": "true", "telemetry": None}
     result = runner.invoke(cli.main, ["--no-record", "--watch"])
     assert result.exit_code == 0 and opened[-1]["watch"] == 10.0  # alone: config watch.interval_s
     result = runner.invoke(cli.main, ["--no-record"])
-    assert opened[-1] == {"watch": None, "bell": True, "on_change": None}
+    assert opened[-1] == {"watch": None, "bell": True, "on_change": None, "telemetry": None}
     result = runner.invoke(cli.main, ["--watch", "soon"])
     assert result.exit_code == 2 and "Invalid value for '--watch': 'soon' is not a duration" in result.output
 
