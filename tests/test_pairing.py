@@ -47,7 +47,7 @@ async def test_a_failing_run_reads_whole_at_80x24_by_keyboard(tui_config, closed
         assert app.focused is not None and app.focused.id == "diagnosis-box"
         await pilot.press("z")
         await wait_until(pilot, lambda: app.screen.maximized is not None)
-        await wait_until(pilot, lambda: app.query_one("#diagnosis-box").size.width == SMALL[0])  # the whole screen
+        await wait_until(pilot, lambda: app.query_one("#diagnosis-box").outer_size.width == SMALL[0])  # all of it
         whole = _flat(screen_text(app))
         assert _flat(diagnosis["summary"]) in whole and _flat(diagnosis["next_step"]) in whole
         await pilot.press("z")
