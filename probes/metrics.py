@@ -28,6 +28,7 @@ from prometheus_client.registry import Collector
 from .events import (Closed, Diagnosed, Frame, HoldTick, ProbeFinished, RunFinished, SessionChanged,
                      StageFinished)
 from .model import RunModel
+from .sanitize import one_line
 from .watch import STATES
 
 SESSION_STATES = ("connecting", "open", "ended", "failed", "closed")  # probes.holdfold.SessionRow.state
@@ -123,19 +124,19 @@ class Metrics:
             self.model.apply(event)  # type: ignore[arg-type]
         if isinstance(event, StageFinished):
             if event.status == "pass":
-                self.stage_seconds.labels(event.probe_id, event.stage).observe(event.duration_ms / 1000)
+                self.stage_seconds.labels(_l(event.probe_id), _l(event.stage)).observe(event.duration_ms / 1000)
             elif event.status in ("fail", "error"):
-                self.stage_failures.labels(event.probe_id, event.stage, event.status).inc()
+                self.stage_failures.labels(_l(event.probe_id), _l(event.stage), _l(event.status)).inc()
             self._build_seen(self.model.version)
         elif isinstance(event, Closed):
-            self.closes.labels(event.probe_id, str(event.code), event.by).inc()
+            self.closes.labels(_l(event.probe_id), _l(event.code), _l(event.by)).inc()
         elif isinstance(event, Diagnosed):
             for d in event.diagnoses:
-                self.diagnoses.labels(event.probe_id, str(d.get("code", ""))).inc()
+                self.diagnoses.labels(_l(event.probe_id), _l(d.get("code", ""))).inc()
         elif isinstance(event, ProbeFinished):
             self._probe_finished(event)
         elif isinstance(event, RunFinished):
-            self.rounds.labels(event.verdict).inc()
+            self.rounds.labels(_l(event.verdict)).inc()
             self.last_round.set(time.time())
         elif isinstance(event, (SessionChanged, HoldTick)):
             self._hold(event)
@@ -144,33 +145,33 @@ class Metrics:
         if build is None or build == self._build:
             return
         if self._build is not None:
-            self.build.remove(self._build)
+            self.build.remove(_l(self._build))
         self._build = build
-        self.build.labels(build).set(1)
+        self.build.labels(_l(build)).set(1)
 
     def _probe_finished(self, e: ProbeFinished) -> None:
         pid = e.probe_id
-        self.runs.labels(pid, e.status).inc()
+        self.runs.labels(_l(pid), _l(e.status)).inc()
         if e.frames_in:
-            self.frames.labels(pid, "in").inc(e.frames_in)
+            self.frames.labels(_l(pid), _l("in")).inc(e.frames_in)
         if e.frames_out:
-            self.frames.labels(pid, "out").inc(e.frames_out)
+            self.frames.labels(_l(pid), _l("out")).inc(e.frames_out)
         history = self.model.history
         state = history.state(pid)
         before = self._state.get(pid)
         self._state[pid] = state
         if state is None:
             return
-        self.probe_up.labels(pid).set(1 if state in UP_STATES else 0)
+        self.probe_up.labels(_l(pid)).set(1 if state in UP_STATES else 0)
         for name in STATES:
-            self.probe_state.labels(pid, name).set(1 if name == state else 0)
+            self.probe_state.labels(_l(pid), _l(name)).set(1 if name == state else 0)
         if before is not None and before != state:
-            self.flips.labels(pid, state).inc()
+            self.flips.labels(_l(pid), _l(state)).inc()
         outages = self.outage_seconds
         if state == "DOWN" and before != "DOWN":
             began = next((o for o in reversed(history.outages) if o.probe == pid and o.end is None), None)
             if began is not None:
-                self.outages.labels(pid).inc()
+                self.outages.labels(_l(pid)).inc()
                 with outages.lock:
                     outages.open_since[pid] = began.start
         elif before == "DOWN" and state != "DOWN":
@@ -186,15 +187,15 @@ class Metrics:
         pid = e.probe_id
         if isinstance(e, SessionChanged):
             if e.change == "ended":
-                self.held_ends.labels(pid, str(e.code if e.code is not None else 1006)).inc()
+                self.held_ends.labels(_l(pid), _l(str(e.code if e.code is not None else 1006))).inc()
             elif e.change == "reopened" and e.reconnect_ms is not None:
-                self.reconnect.labels(pid).observe(e.reconnect_ms / 1000)
+                self.reconnect.labels(_l(pid)).observe(e.reconnect_ms / 1000)
         else:
             for _session, rtt in e.rtts:
-                self.rtt.labels(pid).observe(rtt / 1000)
+                self.rtt.labels(_l(pid)).observe(rtt / 1000)
             missed = e.pings_missed - self._missed.get(pid, 0)  # the tick counts since the hold started
             if missed > 0:
-                self.pings_missed.labels(pid).inc(missed)
+                self.pings_missed.labels(_l(pid)).inc(missed)
             self._missed[pid] = e.pings_missed
         probe = self.model.probes.get(pid)
         fold = probe.hold if probe is not None else None
@@ -204,7 +205,7 @@ class Metrics:
         for row in fold.rows.values():
             counts[row.state] = counts.get(row.state, 0) + 1
         for state, n in counts.items():
-            self.held.labels(pid, state).set(n)
+            self.held.labels(_l(pid), _l(state)).set(n)
 
     # --- serving --------------------------------------------------------------------------------------------------
     def exposition(self) -> bytes:
@@ -230,3 +231,8 @@ class Metrics:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+
+
+def _l(value: object) -> str:
+    """A label value: outside text (a build, a probe id from a config) with control characters made visible."""
+    return one_line(str(value))[:200]

@@ -34,6 +34,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from .events import (Closed, Diagnosed, Frame, ProbeFinished, ProbeStarted, RunStarted, StageFinished,
                      StageStarted)
+from .sanitize import event_visible, one_line
 from .tracecontext import new_span_id, new_trace_id, resolve_endpoint
 
 __all__ = ["OtelListener", "otlp_listener", "resolve_endpoint"]
@@ -165,6 +166,7 @@ class OtelListener:
     def handle(self, event: object) -> None:
         if type(event) is Frame or self._closed:  # frames are counted on ProbeFinished: the hot path stays cheap
             return
+        event = event_visible(event)  # outside text (reasons, details, builds, ids) never reaches a collector raw
         if isinstance(event, StageStarted):
             self._stage_started(event)
         elif isinstance(event, StageFinished):
@@ -381,4 +383,6 @@ def _int_id(value: str) -> int:
 
 
 def _text(value: str) -> str:
+    """Outside text for an attribute or a status: control characters made visible, one line, capped."""
+    value = one_line(value)
     return value if len(value) <= TEXT_MAX else value[:TEXT_MAX - 1] + "…"

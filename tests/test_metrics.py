@@ -293,3 +293,13 @@ async def test_the_app_serves_metrics(fast_config) -> None:  # type: ignore[no-u
     assert runs == {("health", "pass"): 1.0, ("golden-path", "fail"): 1.0}, runs
     assert 'stagewatch_diagnoses_total{code="closed-before-ready",probe="golden-path"} 1.0' in body
     assert 'stagewatch_close_total{by="server",code="1000",probe="golden-path"} 1.0' in body
+
+
+def test_outside_text_in_labels_is_made_visible():
+    """A build a server reports (or a probe id a config names) with escapes and a bell: shown, never sent raw."""
+    m = Metrics()
+    hostile = "v2\x1b[2J\x1b]0;PWNED\x07\x9b\u202e"
+    _round(m, 0, {"gp\x1b[31m": ("pass", 10)}, build=hostile)
+    text = m.exposition().decode()
+    assert not any(c in text for c in "\x1b\x07\x9b\u202e"), text
+    assert 'build="v2\\\\x1b[2J' in text or "v2\\x1b[2J" in text  # the escape shown as text

@@ -24,7 +24,8 @@ from opentelemetry.trace import StatusCode
 
 from probes.bus import EventBus
 from probes.config import Config, resolve_target
-from probes.events import ProbeStarted, StageStarted, from_record, to_record
+from probes.events import (Closed, ProbeFinished, ProbeStarted, RunStarted, StageFinished, StageStarted, from_record,
+                           to_record)
 from probes.otel import OtelListener, otlp_listener
 from probes.runner import RunOptions, run_queue
 from probes.sandbox import Sandbox, SandboxOptions
@@ -354,3 +355,27 @@ def test_without_the_extras_stagewatch_runs_as_before(tmp_path):
                             capture_output=True, text=True, timeout=60,
                             env=_env(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:1"))
     assert warned.returncode == 0 and "otel extra" in warned.stderr and "not exporting" in warned.stderr
+
+
+def test_outside_text_in_attributes_and_status_is_made_visible():
+    """A close reason, a stage detail and a build with escapes and a bell: visible in the spans, never raw."""
+    from probes.steps.http import HttpEvidence
+
+    exporter = InMemorySpanExporter()
+    listener = OtelListener(exporter)
+    bad = "agent crashed\x1b[2J\x1b]0;PWNED\x07\x9b\u202e"
+    for event in (RunStarted(0.0, "t", "http://x", (("p", "p", 0),), 1.0),
+                  ProbeStarted(0.0, "p", "p", 0, ("health", "agent")),
+                  StageStarted(0.0, "p", "health", "http", 5.0),
+                  StageFinished(0.1, "p", "health", "pass", 1.0, "", HttpEvidence(http_status=200, version=bad)),
+                  StageStarted(0.1, "p", "agent", "expect_events", 5.0),
+                  Closed(0.2, "p", 1011, "Internal Error", bad, "server", 50.0, True),
+                  StageFinished(0.2, "p", "agent", "fail", 100.0, bad),
+                  ProbeFinished(0.3, "p", "fail", 300.0, "agent", 3, 1)):
+        listener.handle(event)
+    assert listener.close() is None
+    spans = exporter.get_finished_spans()
+    texts = [str(s.status.description) for s in spans] + [str(v) for s in spans for v in s.attributes.values()]
+    texts += [str(v) for s in spans for ev in s.events for v in ev.attributes.values()]
+    assert any("agent crashed\\x1b[2J" in t for t in texts), texts
+    assert not any(c in t for t in texts for c in "\x1b\x07\x9b\u202e"), texts
