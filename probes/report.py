@@ -5,6 +5,9 @@ The writers read a `RunModel` (the one fold of the event stream, live or replaye
 
 from __future__ import annotations
 
+import html
+import re
+
 import json
 import xml.etree.ElementTree as ET
 from datetime import datetime, timezone
@@ -171,7 +174,24 @@ _GLYPH = {"pass": "✅", "fail": "❌", "error": "⚠️", "skip": "⏭️", "ru
 
 
 def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    """Outside text in Markdown prose or a table cell: no HTML, no link or image, no code span, no cell break (a
+    report is pasted into an issue, where a server's `<h1>` or `![](…)` would render)."""
+    text = html.escape(text, quote=False).replace("\n", " ")
+    for ch in "\\|[]`*_":
+        text = text.replace(ch, "\\" + ch)
+    return text
+
+
+def _code(text: str) -> str:
+    """Outside text inside a `code span`: a backtick would end it."""
+    return text.replace("`", "'").replace("\n", " ")
+
+
+def _fenced(lines: list[str]) -> list[str]:
+    """A fenced block longer than any run of backticks inside it, so outside text cannot close it."""
+    longest = max((len(run) for line in lines for run in re.findall(r"`+", line)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return [fence, *lines, fence]
 
 
 def _when(wall: float | None) -> str:
@@ -204,7 +224,7 @@ def _watch_markdown(model: RunModel) -> list[str]:
         out += [f"- {_when(c.at)} {_md_cell(c.text)}" for c in changes]
         out.append("")
     if h.builds:
-        out += ["**Builds:** " + " → ".join(f"`{b.build}` ({_when(b.first_seen)}–{_when(b.last_seen)})"
+        out += ["**Builds:** " + " → ".join(f"`{_code(b.build)}` ({_when(b.first_seen)}–{_when(b.last_seen)})"
                                            for b in list(h.builds)[-10:]), ""]
     out += ["**Last round:**", ""]
     return out
@@ -223,7 +243,7 @@ def write_markdown(model: RunModel) -> str:
     else:
         rounds = (f"started {_iso(model, model.started_t) or '?'}"
                   + (f" · {model.finished.duration_ms / 1000:.2f} s" if model.finished else ""))
-    out = [f"## stagewatch: {model.verdict.upper()} — {model.target}",
+    out = [f"## stagewatch: {model.verdict.upper()} — {_md_cell(model.target)}",
            "",
            f"{passed}/{len(probes)} {'tests' if probes and all(map(pytest_fields, probes)) else 'probes'} passed · "
            f"{rounds}",
@@ -234,42 +254,39 @@ def write_markdown(model: RunModel) -> str:
     for p in probes:
         ms = f"{p.duration_ms:.0f}" if p.duration_ms is not None else ""
         test = pytest_fields(p)
-        shown = f"`{_md_cell(test['nodeid'])}`" if test else p.id
+        shown = f"`{_code(test['nodeid'])}`" if test else _md_cell(p.id)
         out.append(f"| P{p.priority} | {shown} | {_GLYPH.get(p.status, p.status)} {p.status} | {ms} | "
-                   f"{p.failed_stage or ''} |")
+                   f"{_md_cell(p.failed_stage or '')} |")
     for p in probes:
         if p.status not in ("fail", "error") and p.id != CONSOLE_PROBE:  # a console session is shown whole
             continue
         test = pytest_fields(p)
-        title = f"`{test['nodeid']}` ({test['outcome']})" if test else f"{p.id} ({p.name})"
+        title = f"`{_code(test['nodeid'])}` ({test['outcome']})" if test else f"{_md_cell(p.id)} ({_md_cell(p.name)})"
         out += ["", f"### {title}", "", "| stage | status | ms | detail |", "|---|---|---:|---|"]
         for s in p.done_stages:
-            out.append(f"| {s.name} | {s.status} | {s.duration_ms:.0f} | {_md_cell(s.detail)} |")
+            out.append(f"| {_md_cell(s.name)} | {s.status} | {s.duration_ms:.0f} | {_md_cell(s.detail)} |")
         failed = p.failed
         if failed is not None and failed.evidence is not None:  # what the backend saw and said, for the issue
-            out += ["", f"<details><summary>{failed.name}: its whole evidence</summary>", "", "```",
-                    *stage_lines(p, failed)[1:], "```", "</details>"]
+            out += ["", f"<details><summary>{_md_cell(failed.name)}: its whole evidence</summary>", "",
+                    *_fenced(stage_lines(p, failed)[1:]), "</details>"]
         c = p.close
         if c is not None:
             meaning = close_meaning(c.code, c.by)
-            out += ["", f"**Close:** `{c.code}` {c.name} — reason `{c.reason or '(none)'}` — "
+            out += ["", f"**Close:** `{c.code}` {c.name} — reason `{_code(c.reason) or '(none)'}` — "
                         f"{WHO_CLOSED.get(c.by, c.by)} {c.after_ms:.0f} ms after accept. {meaning[:1].upper()}"
                         f"{meaning[1:]}."]
         for d in p.diagnoses:
-            out += ["", f"**Diagnosis `{d['code']}`:** {d['summary']}"]
-            out += [f"- {e}" for e in d.get("evidence", [])]
+            out += ["", f"**Diagnosis `{_code(d['code'])}`:** {_md_cell(d['summary'])}"]
+            out += [f"- {_md_cell(e)}" for e in d.get("evidence", [])]
             if d.get("next_step"):
-                out.append(f"- **Next:** {d['next_step']}")
+                out.append(f"- **Next:** {_md_cell(d['next_step'])}")
         frames = list(p.last_frames)
         if frames:
-            out += ["", f"<details><summary>last {len(frames)} frames{' before the close' if c else ''}</summary>", "",
-                    "```"]
-            for f in frames:
-                arrow = "→" if f.direction == "out" else "←"
-                out.append(f"{f.ms:8.1f} ms {arrow} {f.size:6d} B  {classify(f.data).summary}")
-            out += ["```", "</details>"]
+            out += ["", f"<details><summary>last {len(frames)} frames{' before the close' if c else ''}</summary>", ""]
+            out += _fenced([f"{f.ms:8.1f} ms {'→' if f.direction == 'out' else '←'} {f.size:6d} B  "
+                            f"{classify(f.data).summary}" for f in frames])
+            out += ["</details>"]
         if test and test["longrepr"]:
-            fence = "````" if "```" in test["longrepr"] else "```"
-            out += ["", "<details><summary>pytest's failure</summary>", "", fence, test["longrepr"], fence,
+            out += ["", "<details><summary>pytest's failure</summary>", "", *_fenced(test["longrepr"].split("\n")),
                     "</details>"]
     return sanitize.visible("\n".join(out) + "\n")

@@ -367,3 +367,29 @@ async def test_a_health_header_with_obs_text_is_evidence_not_an_internal_error(c
         printer.handle(e)
     assert "internal error" not in out.getvalue()
     assert not RAW.search(out.getvalue())
+
+
+def test_markdown_report_keeps_outside_html_links_and_fences_inert():
+    """A 403's HTML body, a markdown image in a close reason, a fence in a frame: pasted into an issue, none renders."""
+    from probes.events import (Closed, Diagnosed, Frame, ProbeFinished, ProbeStarted, RunFinished, RunStarted,
+                               StageFinished, StageStarted)
+    from probes.model import RunModel
+    from probes.report import write_markdown
+
+    html_body = "<!doctype html><h1>Forbidden</h1><img src=x onerror=alert(1)>"
+    model = RunModel()
+    for e in (RunStarted(0.0, "t", "http://x", (("p", "p", 0),), 1.0), ProbeStarted(0.0, "p", "p", 0, ("connect",)),
+              StageStarted(0.0, "p", "connect", "connect", 5.0),
+              Frame(0.05, "p", "in", 1.0, 20, "```\n# not a heading"),
+              Closed(0.1, "p", 1008, "Policy Violation", "bad `token` ![x](http://evil/p.png)", "server", 5.0, True),
+              StageFinished(0.1, "p", "connect", "fail", 10.0, f"HTTP 403: {html_body}"),
+              Diagnosed(0.1, "p", ({"code": "auth-rejected", "summary": f"refused: {html_body}",
+                                    "evidence": ["[click](http://evil)"], "next_step": "<b>do</b>"},)),
+              ProbeFinished(0.2, "p", "fail", 20.0, "connect", 1, 0), RunFinished(0.3, "fail", 30.0)):
+        model.apply(e)
+    md = write_markdown(model)
+    outside_code = re.sub(r"(`+)[\s\S]*?\1", "", md)  # what renders as Markdown: everything but code
+    assert "<h1>" not in outside_code and "<img" not in outside_code and "<b>" not in outside_code
+    assert "](http://evil" not in outside_code.replace("\\]", "")
+    assert "&lt;h1&gt;Forbidden&lt;/h1&gt;" in md  # shown, as text
+    assert "# not a heading" not in outside_code  # the frame's fence did not close the block
