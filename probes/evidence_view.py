@@ -67,15 +67,6 @@ def _hop(record: Any) -> list[str]:
     return [f"hop: {how} {record['name']} ({record.get('kind')}): {record.get('why')}"]
 
 
-def _accepted_t(probe: ProbeModel) -> float | None:
-    """When the upgrade was answered (session seconds), about: the frames' ms count from here."""
-    connect = next((st for st in probe.stages.values() if st.step == "connect" and st.started_t is not None
-                    and st.duration_ms is not None), None)
-    if connect is None or connect.started_t is None or connect.duration_ms is None:
-        return None
-    return connect.started_t + connect.duration_ms / 1000.0
-
-
 def _stage_end(stage: StageModel, now_t: float | None) -> float | None:
     if stage.started_t is None:
         return None
@@ -86,37 +77,36 @@ def _stage_end(stage: StageModel, now_t: float | None) -> float | None:
 
 def _stage_frames(probe: ProbeModel, stage: StageModel, frames: Iterable[Frame] | None,
                   now_t: float | None) -> tuple[list[Frame], float | None]:
-    """The frames of `stage`: those that came or went after the stage before it ended and by the time this one
-    ended (a frame that arrives between stages is the next stage's: that stage reads it). For the first stage
-    after the upgrade, every frame up to its end. All the probe's last frames when the upgrade's time is not
-    known. Also the stage's start on the frames' clock (ms after the upgrade)."""
+    """The frames of `stage`, by when each came or went on the session's clock (the frame's own `t`): after the
+    stage before it ended and by the time this one ended (a frame that arrives between stages is the next stage's:
+    that stage reads it); for the first stage after the upgrade, every frame up to its end. All the probe's last
+    frames when the stage has not started. Also the stage's start (session seconds)."""
     every = [f for f in (probe.last_frames if frames is None else frames) if isinstance(f, Frame)]
-    accepted, end = _accepted_t(probe), _stage_end(stage, now_t)
-    if accepted is None or stage.started_t is None:
+    end = _stage_end(stage, now_t)
+    if stage.started_t is None:
         return every, None
     order = list(probe.stages.values())
     before = order[order.index(stage) - 1] if stage in order and order.index(stage) > 0 else None
-    after_prev = _stage_end(before, now_t) if before is not None and before.step != "connect" else None
-    low = None if after_prev is None else (after_prev - accepted) * 1000.0
-    high = None if end is None else (end - accepted) * 1000.0
-    mine = [f for f in every if (low is None or f.ms > low) and (high is None or f.ms <= high + 0.5)]
-    return mine, (stage.started_t - accepted) * 1000.0
+    low = _stage_end(before, now_t) if before is not None and before.step != "connect" else None
+    mine = [f for f in every if (low is None or f.t > low) and (end is None or f.t <= end)]
+    return mine, stage.started_t
 
 
-def _event_axis(frames: list[Frame], start_ms: float, limit_s: float | None, took_ms: float | None,
-                width: int = 40) -> list[str]:
+def _event_axis(frames: list[Frame], started_t: float, limit_s: float | None, took_ms: float | None,
+                width: int = 32) -> list[str]:
     """The stage's time on one axis: a tick where each incoming event came and `◆` where the stage ended, and how
     much of its limit it used (a stage stuck near its limit shows as a long empty run before `◆`)."""
-    last = max((f.ms - start_ms for f in frames), default=0.0)
-    span = max(took_ms or 0.0, last, 1.0)
+    at = [((f.t - started_t) * 1000.0, f.direction) for f in frames]
+    span = max(took_ms or 0.0, max((ms for ms, _ in at), default=0.0), 1.0)
     row = ["─"] * width
-    for f in frames:
-        if f.direction == "in":
-            row[min(width - 1, max(0, int((f.ms - start_ms) / span * width)))] = "┃"
+    for ms, direction in at:
+        if direction == "in":
+            row[min(width - 1, max(0, int(ms / span * width)))] = "┃"
     if took_ms is not None:
         row[min(width - 1, int(took_ms / span * width))] = "◆"
-    used = f" · {span / (limit_s * 1000.0):.0%} of the {limit_s:g} s limit" if limit_s else ""
-    return ["", "time axis (┃ an event, ◆ the stage ended):", f"  0 {''.join(row)} {span:.0f} ms{used}"]
+    took = f"{span / 1000:.1f} s" if span >= 10_000 else f"{span:.0f} ms"
+    used = f" ({span / (limit_s * 1000.0):.0%} of {limit_s:g} s)" if limit_s else ""
+    return ["", "time axis (┃ an event, ◆ the stage ended):", f"  0 {''.join(row)} {took}{used}"]
 
 
 def stage_lines(probe: ProbeModel, stage: StageModel, now: float | None = None,
@@ -191,15 +181,17 @@ def stage_lines(probe: ProbeModel, stage: StageModel, now: float | None = None,
                 lines += [f"certificate: {timing['cert_subject']}",
                           f"  issuer {timing.get('cert_issuer')} · expires {timing.get('cert_expires')} · {trust}"]
     else:
-        mine, start_ms = _stage_frames(probe, stage, frames, now_t)
+        mine, started_t = _stage_frames(probe, stage, frames, now_t)
         if stage.step in ("expect", "send", "expect_events"):
-            if stage.step == "expect_events" and start_ms is not None and stage.status not in ("skip", "queued"):
-                lines += _event_axis(mine, start_ms, stage.limit_s, stage.duration_ms)
-            title = "this stage's frames" if start_ms is not None else "frames (the probe's last ones)"
+            if stage.step == "expect_events" and started_t is not None and stage.status not in ("skip", "queued"):
+                lines += _event_axis(mine, started_t, stage.limit_s, stage.duration_ms)
+            title = "this stage's frames" if started_t is not None else "frames (the probe's last ones)"
             lines += ["", f"{title} (ms after the upgrade, the gap before each):" if mine else f"{title}: none"]
-            last = start_ms
-            for f in mine:
-                gap = "" if last is None else f" (+{max(0.0, f.ms - last):.0f} ms)"
+            last: float | None = None
+            for f in mine:  # the first one's gap: from the stage's start; then from the frame before
+                since = (f.t - started_t) * 1000.0 if last is None and started_t is not None else \
+                    (f.ms - last if last is not None else None)
+                gap = "" if since is None else f" (+{max(0.0, since):.0f} ms)"
                 last = f.ms
                 arrow = "→" if f.direction == "out" else "←"
                 lines.append(f"  {f.ms:8.1f} ms{gap:>10} {arrow} {f.size:6d} B  {classify(f.data).summary}")
@@ -236,7 +228,6 @@ def waterfall_lines(probe: ProbeModel, width: int = 40, now_t: float | None = No
     total = max(max(e for _, _, e, _ in spans) - t0, 1e-6)
     name_w = max(8, max(len(n) for n, _, _, _ in spans))
     lines = [f"{'':<{name_w}}  0{'':<{width - 8}}{total * 1000:>6.0f} ms"]
-    accepted = _accepted_t(probe)  # the frames' ms count from here (about)
 
     def bar(label: str, start: float, end: float, mark: str) -> str:
         left = min(width - 1, int((start - t0) / total * width))
@@ -247,11 +238,11 @@ def waterfall_lines(probe: ProbeModel, width: int = 40, now_t: float | None = No
 
     for name, start, end, status in spans:
         lines.append(bar(name, start, end, {"fail": "▓", "error": "▓", "running": "▒", "skip": "·"}.get(status, "█")))
-        if probe.stages[name].step == "expect_events" and accepted is not None:  # each event a tick where it came
+        if probe.stages[name].step == "expect_events":  # each event a tick where it came (its own session time)
             row = [" "] * width
             for f in probe.last_frames if frames is None else frames:
                 if isinstance(f, Frame) and f.direction == "in":
-                    at = accepted + f.ms / 1000.0
+                    at = f.t
                     if start <= at <= max(end, start):
                         row[min(width - 1, int((at - t0) / total * width))] = "|"
             if "|" in row:
