@@ -177,7 +177,7 @@ def _md_cell(text: str) -> str:
     """Outside text in Markdown prose or a table cell: no HTML, no link or image, no code span, no cell break (a
     report is pasted into an issue, where a server's `<h1>` or `![](…)` would render)."""
     text = html.escape(text, quote=False).replace("\n", " ")
-    for ch in "\\|[]`*_":
+    for ch in "\\|[]`":  # (emphasis marks stay: at worst italics, and ids like connection_established read as sent)
         text = text.replace(ch, "\\" + ch)
     return text
 

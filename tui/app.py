@@ -651,7 +651,8 @@ class StagewatchApp(App[int]):
         lines = waterfall_lines(probe, max(20, detail.size.width - 30), self.session_t(),
                                 buf.items[-2000:] if buf else None) if probe else []
         title = f"Waterfall · {probe.id}" if probe else "Waterfall"
-        detail.show_lines(title, [title] + (lines or ["no stage has started yet"]))
+        detail.show_lines(title, ["each stage on one time axis (█ passed, ▓ failed, ▒ running, ▪ connect's split)"]
+                          + (lines or ["no stage has started yet"]))
         detail.border_title = title
 
     def action_stages(self) -> None:
@@ -661,9 +662,11 @@ class StagewatchApp(App[int]):
         probe, _words = self._shown_model()
         if probe is not None and message.stage in probe.stages:
             lines = self._stage_lines(probe, message.stage)
-            self.push_screen(TextReportScreen(one_line(f"Stage · {message.stage}"), visible("\n".join(lines))))
+            self.push_screen(TextReportScreen(one_line(f"Stage · {message.stage}"), visible("\n".join(lines)), wrap=True))
 
     def on_stage_pane_selected(self, message: StagePane.Selected) -> None:
+        if message.stage:
+            self.user_pinned = True  # reading a stage: the focus stays on this probe when the next one starts
         self._detail_mode = "stage" if message.stage else "frame"
         if message.stage:
             self._show_stage(message.stage)

@@ -59,7 +59,13 @@ class StagewatchCommands(Provider):
                 ("Switch pane: timeline / latency / frame", "The middle row's right-hand pane (t)", app.action_panel),
             ]
         commands += [
-            ("Pause / follow", "Pause the replay, or toggle following new frames (space)", app.action_pause),
+            ("Pause / follow" if not app.is_live else "Follow",
+             "Pause or resume the replay (space)" if not app.is_live else
+             "Stop or resume following new frames (space)", app.action_pause),
+            ("Stages", "Pick a stage (↑/↓): its whole evidence in the Frame pane — the request and answer, the token, "
+             "the upgrade as sent, its frames (s)", app.action_stages),
+            ("Waterfall", "The focused probe's stages on one time axis, connect split into DNS / TCP / TLS / upgrade "
+             "(v)", app.action_waterfall),
             ("Filter frames", "Show only frames matching a text or type:NAME (/)", app.action_filter),
             ("Copy frame or close summary", "Copy the selected frame, else the close summary (c)",
              app.action_copy),
@@ -69,6 +75,7 @@ class StagewatchCommands(Provider):
              app.action_zoom),
             ("Next pane", "Focus the next pane: queue, stages, frames, frame, close, diagnosis (tab)",
              app.action_focus_next),
+            ("Previous pane", "Focus the pane before (shift+tab)", app.action_focus_previous),
             ("Help", "Every key and what the panes show (?)", app.action_help),
             ("Quit", "Leave stagewatch (q)", app.action_quit),
         ]

@@ -82,7 +82,7 @@ class HeaderBar(Static):
             top.append(token.sub or "(no sub)", style="bold")
             if token.exp is not None:
                 left = token.exp - now()
-                top.append(" · expires ", style="dim")
+                top.append(" · expires " if left > 0 else " · ", style="dim")  # (not "expires expired 3 m ago")
                 top.append(fmt_countdown(left), style=f"bold {bad}" if left < 60 else "bold")
         else:
             top.append("—")

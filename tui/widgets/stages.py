@@ -115,10 +115,10 @@ class StagePane(Static, can_focus=True):
         self.set_timer(0.15, self._reveal_again)  # after Textual has scrolled the pane's top into view on focus
         if self.selected is not None:  # back on the stages (tab): the Frame pane shows the stage again
             self.post_message(self.Selected(self.selected))
-        elif self._order:
-            self.select(next((n for n in self._order if self._last and self._last[0] is not None
-                              and self._last[0].failed is not None and n == self._last[0].failed.name),
-                             self._order[0]))
+        elif self._order:  # the failing stage, else the running one, else the first
+            probe = self._last[0] if self._last is not None else None
+            pick = probe.failed or probe.current_stage if probe is not None else None
+            self.select(pick.name if pick is not None and pick.name in self._order else self._order[0])
 
     def on_resize(self) -> None:
         if self._last is not None:

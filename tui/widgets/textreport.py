@@ -23,10 +23,13 @@ class TextReportScreen(ModalScreen[None]):
         border: round $accent; background: $surface; padding: 0 1;
     }
     TextReportScreen Static { width: auto; }
+    TextReportScreen.-wrap Static { width: 1fr; }
     """
 
-    def __init__(self, title: str, text: str, copy_text: str | None = None) -> None:
-        super().__init__()
+    def __init__(self, title: str, text: str, copy_text: str | None = None, *, wrap: bool = False) -> None:
+        """`wrap`: long lines wrap (a stage's evidence); else they keep their width and ←/→ scroll (tables)."""
+        super().__init__(classes="-wrap" if wrap else None)
+        self.wrap = wrap
         self.title_text = title
         self.text = text  # already sanitised by the engine's renderer; ANSI colours are turned into styles
         self.copy_text = copy_text if copy_text is not None else Text.from_ansi(text).plain
@@ -38,7 +41,7 @@ class TextReportScreen(ModalScreen[None]):
     def on_mount(self) -> None:
         box = self.query_one(ScrollableContainer)
         box.border_title = Text(self.title_text)  # text, never markup
-        box.border_subtitle = "c copies · esc closes"
+        box.border_subtitle = "c copies · esc closes" if self.wrap else "←/→ scroll · c copies · esc closes"
         box.focus()
 
     def action_copy(self) -> None:
