@@ -462,6 +462,15 @@ def _subprotocol_not_echoed(f: Facts) -> list[str] | None:
     return None
 
 
+def _subprotocol_mismatch(f: Facts) -> list[str] | None:
+    ev = f.of(ConnectEvidence)
+    if ev is not None and ev.subprotocol_mismatch:
+        return [f"we offered {ev.subprotocol_offered or 'a subprotocol'}; the 101 selected {ev.subprotocol_echoed}",
+                "RFC 6455 §4.1: the server must select one of the subprotocols the client offered, or none; "
+                "a client fails the connection otherwise"]
+    return None
+
+
 def _proxy_timer(f: Facts) -> list[str] | None:
     c = f.close
     if c is None or c.code not in (1006, 1001) or f.failed is None:
@@ -669,6 +678,9 @@ RULES: tuple[RuleRow, ...] = (
     RuleRow("no-upgrade", _no_upgrade,
             "the WebSocket URL did not upgrade: the path is wrong or a proxy does not pass Upgrade",
             "check protocol.ws_path and that the proxy forwards Upgrade/Connection headers"),
+    RuleRow("subprotocol-mismatch", _subprotocol_mismatch,
+            "the server answered 101 selecting a subprotocol we never offered: every client refuses that handshake",
+            "make the server echo the jwt.* subprotocol exactly as offered (not a fixed or rewritten value)"),
     RuleRow("subprotocol-not-echoed", _subprotocol_not_echoed,
             "the server accepted without echoing the offered subprotocol: browsers will refuse this handshake "
             "even though Python accepts it",

@@ -63,6 +63,7 @@ class _Connect(connect):
     follow_to: frozenset[str] = frozenset()
     split: bool = True  # measure DNS / TCP / TLS apart (not for held sessions: thousands, nobody reads it)
     timing: dict[str, Any] | None = None  # what the opening took: dns_ms, tcp_ms, tls_ms (+ TLS facts)
+    last: Any = None  # the last connection opened (its response, when the upgrade is refused after a 101)
 
     async def open_tcp_connection(self) -> Any:
         """The connection with its time split: DNS, TCP, TLS, each measured (the upgrade is the rest). Only where
@@ -70,7 +71,8 @@ class _Connect(connect):
         kwargs = self.create_connection_kwargs
         proxy = _env_proxy(self.ws_uri) if self.proxy is True else self.proxy
         if not self.split or proxy is not None or kwargs.get("sock") is not None or kwargs.get("unix"):
-            return await super().open_tcp_connection()
+            self.last = await super().open_tcp_connection()
+            return self.last
         loop = asyncio.get_running_loop()
         uri = self.ws_uri
         t0 = time.monotonic()
@@ -107,6 +109,7 @@ class _Connect(connect):
             context = kwargs.get("ssl")
             verified = not isinstance(context, ssl.SSLContext) or context.verify_mode != ssl.CERT_NONE
             self.timing.update(cert_facts(tls, verified))
+        self.last = connection  # what answered, for a failed upgrade's evidence (the 101 we refused, its timing)
         return connection
 
     def process_redirect(self, exc: Exception) -> Exception | str:
@@ -121,7 +124,7 @@ class _Connect(connect):
 async def open_connection(url: str, *, subprotocols: list[str] | None, headers: dict[str, str], open_timeout: float,
                           close_timeout: float, max_size: int, verify_tls: bool,
                           follow_redirects_to: frozenset[str] = frozenset(), ping_interval: float | None = 20.0,
-                          lean: bool = False) -> TappedConnection:
+                          lean: bool = False, seen: dict[str, Any] | None = None) -> TappedConnection:
     """The upgrade, bounded by `open_timeout`; websockets' own exceptions (InvalidStatus…) reach the caller.
     A redirect is not followed unless `follow_redirects_to` names the host it points to."""
     kwargs: dict[str, Any] = {}
@@ -141,7 +144,17 @@ async def open_connection(url: str, *, subprotocols: list[str] | None, headers: 
     opening.follow_to = follow_redirects_to
     opening.split = not lean
     started = time.monotonic()
-    ws = await opening
+    try:
+        ws = await opening
+    except Exception:
+        if seen is not None:  # a refused upgrade still took DNS, TCP, TLS and a round trip; a 101 may have come
+            last = opening.last
+            split = dict(opening.timing or {})
+            spent = sum(v for k, v in split.items() if k.endswith("_ms") and isinstance(v, (int, float)))
+            if split:
+                split["upgrade_ms"] = round(max(0.0, (time.monotonic() - started) * 1000 - spent), 2)
+            seen.update(timing=split, response=getattr(last, "response", None) if last is not None else None)
+        raise
     assert isinstance(ws, TappedConnection)
     if lean:
         _shed_handshake(ws)

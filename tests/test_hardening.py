@@ -31,7 +31,7 @@ from websockets.http11 import Request, Response
 from probes.bus import EventBus
 from probes.config import (Auth, AuthEndpoint, Config, ConfigError, ResolvedTarget, Timeouts, load_config,
                            packaged_config_text, parse_config, resolve_target)
-from probes.events import (Closed, Event, Frame, HttpExchange, Notice, ProbeFinished, RunFinished, StageFinished,
+from probes.events import (Closed, Diagnosed, Event, Frame, HttpExchange, Notice, ProbeFinished, RunFinished, StageFinished,
                            from_record)
 from probes.frames import classify, get_path, parse_json, pretty
 from probes.recording import Recorder, encode_lines, read_recording
@@ -75,7 +75,7 @@ async def agent_run(ws: ServerConnection) -> None:
 
 @asynccontextmanager
 async def hostile(after_message: Behaviour | None = None, *, first: Behaviour | None = None,
-                  ssl_context: ssl.SSLContext | None = None) -> AsyncIterator[str]:
+                  ssl_context: ssl.SSLContext | None = None, echo: str | None = None) -> AsyncIterator[str]:
     """A WebSocket server on 127.0.0.1:0 that answers /health, echoes the subprotocol, then misbehaves:
     `first` replaces the ready frame; `after_message` runs once the first message arrives."""
 
@@ -90,7 +90,7 @@ async def hostile(after_message: Behaviour | None = None, *, first: Behaviour | 
         await ws.wait_closed()
 
     async with serve(handler, "127.0.0.1", 0, process_request=_health, ssl=ssl_context, max_size=None,
-                     select_subprotocol=lambda _c, offered: offered[0] if offered else None) as server:
+                     select_subprotocol=lambda _c, offered: echo or (offered[0] if offered else None)) as server:
         port = server.sockets[0].getsockname()[1]
         yield f"{'https' if ssl_context else 'http'}://127.0.0.1:{port}"
 
@@ -590,3 +590,36 @@ def test_resolve_target_rejects_nothing_it_should_accept() -> None:
     assert resolve_target(config, "sandbox").is_sandbox
     with pytest.raises(ConfigError):
         resolve_target(config, url="http://user:pw@127.0.0.1:1")
+
+
+async def test_a_subprotocol_we_never_offered_is_named_with_the_101_and_the_timing(fast: Config, monkeypatch) -> None:
+    """A 101 selecting `jwt.bogus`: websockets refuses it; the evidence keeps the 101, its headers, what it echoed
+    and the timing split, and the diagnosis names it (not `unknown`)."""
+    monkeypatch.setenv("JWT_SECRET_KEY", "hardening-test-secret")
+    async with hostile(agent_run, echo="jwt.bogus") as url:
+        run = await probe(fast, url, only=("golden-path",))
+    connect = run.stage("connect")
+    ev = connect.evidence
+    assert connect.status == "fail" and "did not offer (jwt.bogus)" in connect.detail, connect.detail
+    assert ev.http_status == 101 and ev.subprotocol_echoed == "jwt.bogus" and ev.subprotocol_mismatch
+    assert ev.response_headers.get("Sec-WebSocket-Protocol") == "jwt.bogus"
+    assert {"dns_ms", "tcp_ms", "upgrade_ms"} <= set(ev.timing)
+    (diagnosed,) = run.of(Diagnosed)
+    assert diagnosed.diagnoses[0]["code"] == "subprotocol-mismatch"
+
+
+async def test_a_refused_upgrade_keeps_its_timing(fast: Config, monkeypatch) -> None:
+    """A 403 at the upgrade still took DNS, TCP and a round trip: the split is in the evidence (and `-v`)."""
+    monkeypatch.setenv("JWT_SECRET_KEY", "hardening-test-secret")
+
+    def refuse(conn: ServerConnection, request: Request) -> Response | None:
+        if request.path.startswith("/health"):
+            return _health(conn, request)
+        return conn.respond(403, "<html><h1>Forbidden</h1></html>")
+
+    async with serve(lambda ws: ws.wait_closed(), "127.0.0.1", 0, process_request=refuse) as server:
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        run = await probe(fast, url, only=("golden-path",))
+    connect = run.stage("connect")
+    assert connect.evidence.http_status == 403
+    assert {"dns_ms", "tcp_ms", "upgrade_ms"} <= set(connect.evidence.timing), connect.evidence.timing

@@ -32,6 +32,7 @@ class ConnectEvidence(StepEvidence):
     subprotocol_offered: str | None = None
     subprotocol_echoed: str | None = None
     subprotocol_not_echoed: bool = False
+    subprotocol_mismatch: bool = False  # 101 echoing a subprotocol we did not offer (every client refuses it)
     subprotocol_illegal: bool = False
     http_status: int | None = None  # 101, or the status that refused the upgrade
     response_headers: dict[str, str] = field(default_factory=dict)
@@ -51,6 +52,19 @@ class ConnectEvidence(StepEvidence):
 class Connect(StepKind):
     name = "connect"
     evidence = ConnectEvidence
+
+    @staticmethod
+    def _refused_evidence(ev: ConnectEvidence, exc: Exception, seen: dict[str, Any], ctx: ProbeContext) -> None:
+        """What a failed upgrade still tells: its timing (DNS, TCP, TLS, the round trip), and a 101 we refused
+        (a subprotocol or extension we did not offer): its headers and what it echoed."""
+        ev.timing = dict(seen.get("timing") or {})
+        answered = seen.get("response")
+        if isinstance(exc, NegotiationError) and answered is not None and answered.status_code == 101:
+            ev.http_status = 101
+            ev.response_headers = ctx.run.redactor.headers(answered.headers.raw_items())
+            echoed = answered.headers.get("Sec-WebSocket-Protocol")
+            ev.subprotocol_echoed = ctx.redact(echoed) if echoed else None
+            ev.hop = ctx.run.redactor.tree(identify(answered.headers.raw_items()))
 
     def upgrade_limit(self, step: Step, ctx: ProbeContext) -> float:
         return step.timeout or ctx.timeouts.connect
@@ -103,12 +117,17 @@ class Connect(StepKind):
         ctx.run.check_host(url)
         start = time.monotonic()
         upgrade = self.upgrade_limit(step, ctx)
+        seen: dict[str, Any] = {}  # a refused upgrade's timing, and a 101 we refused
         try:
-            ws = await open_connection(url, subprotocols=subprotocols, headers=headers, open_timeout=upgrade,
-                                       close_timeout=ctx.timeouts.close, max_size=p.max_frame_bytes,
-                                       verify_tls=ctx.run.target.verify_tls,
-                                       follow_redirects_to=ctx.run.allowed_hosts if p.follow_upgrade_redirects
-                                       else frozenset())
+            try:
+                ws = await open_connection(url, subprotocols=subprotocols, headers=headers, open_timeout=upgrade,
+                                           close_timeout=ctx.timeouts.close, max_size=p.max_frame_bytes,
+                                           verify_tls=ctx.run.target.verify_tls,
+                                           follow_redirects_to=ctx.run.allowed_hosts if p.follow_upgrade_redirects
+                                           else frozenset(), seen=seen)
+            except Exception as exc:
+                self._refused_evidence(ev, exc, seen, ctx)
+                raise
         except InvalidStatus as exc:
             r = exc.response
             ev.http_status = r.status_code
@@ -129,8 +148,12 @@ class Connect(StepKind):
                 detail += f" → {ev.location or '(no Location)'} (not followed: it would carry the token)"
             raise StageFailed(detail, evidence=ev) from None
         except NegotiationError as exc:
-            ev.negotiation = str(exc)
-            raise StageFailed(f"handshake refused by the client: {exc}", evidence=ev) from None
+            ev.negotiation = ctx.redact(str(exc))
+            if ev.subprotocol_echoed is not None and ev.subprotocol_echoed != ev.subprotocol_offered:
+                ev.subprotocol_mismatch = True
+                raise StageFailed(f"101 but the server echoed a subprotocol we did not offer "
+                                  f"({ev.subprotocol_echoed}): every client must refuse it", evidence=ev) from None
+            raise StageFailed(f"handshake refused by the client: {ctx.redact(str(exc))}", evidence=ev) from None
         except InvalidURI as exc:
             raise StageFailed(f"invalid WebSocket URL: {exc}", "error", evidence=ev) from None
         except InvalidHandshake as exc:
