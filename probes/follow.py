@@ -37,6 +37,7 @@ from .retention import newest_recordings
 from .rotation import part_path, recording_parts
 
 POLL_S = 0.1  # how often an idle tail looks for more (the recorder hands lines to the OS every 100 ms)
+EMPTY_WAIT_S = 10.0  # an empty file that stays empty this long is refused (a recorder writes its header at once)
 IDLE_S = 1800.0  # the default idle deadline: a recording unchanged this long is taken as abandoned
 BLOCK = 256 * 1024  # bytes read (and decoded) at a time: a catch-up comes in batches a UI folds between redraws
 MAX_LINE = 64 * 2**20  # a "line" longer than this without a line end is not one of ours: skipped
@@ -279,6 +280,13 @@ class Tail:
         self.parts.append(path)
 
     # --- idle and the end ---------------------------------------------------------------------------------------
+    def empty(self) -> bool:
+        """Nothing in the file yet (a recorder writes its header at once: an empty file left so is no recording)."""
+        try:
+            return os.fstat(self._file.fileno()).st_size == 0
+        except (OSError, ValueError):
+            return False
+
     def idle_s(self) -> float:
         """Seconds since the file being read last changed (by its mtime: a recording left long ago counts as idle
         from when it was left, not from when this tail opened it)."""
@@ -320,6 +328,9 @@ async def follow_batches(source: str | Path | Tail, *, poll: float = POLL_S,
             if idle and tail.idle_s() >= idle:
                 tail.stop("idle")
                 break
+            if tail.wall0 is None and tail.empty() and tail.idle_s() >= EMPTY_WAIT_S:
+                raise FollowError(f"{tail.current}: empty, and nothing has written to it for "
+                                  f"{EMPTY_WAIT_S:.0f} s: not a recording being written")
             await asyncio.sleep(poll)
     finally:
         tail.close()

@@ -425,3 +425,16 @@ def test_follow_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str]
     assert proc.returncode == 2 and proc.stdout == ""
     assert len(proc.stderr.splitlines()) == 1, proc.stderr
     assert proc.stderr.startswith("stagewatch: error: ") and words in proc.stderr
+
+
+def test_an_empty_file_left_so_is_refused_not_waited_on(tmp_path: Path) -> None:
+    """A recorder writes its header at once: an empty file nobody has touched for a while is one line, exit 2 (not a
+    silent wait until the idle deadline)."""
+    path = tmp_path / "empty.jsonl"
+    path.touch()
+    old = time.time() - 60
+    os.utime(path, (old, old))
+    proc = subprocess.run([*FOLLOW, "--print", str(path)], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                          env=_env())
+    assert proc.returncode == 2 and "empty, and nothing has written to it" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
