@@ -421,7 +421,8 @@ class StagewatchApp(App[int]):
             return
         if state.first_failure is not None:
             want = state.first_failure
-        elif state.current is not None and not self.watch_view:  # a watch does not hop probe to probe each round
+        elif state.current is not None and (not self.watch_view or state.history.total_rounds == 0):
+            # (a watch does not hop probe to probe each round; its first round is followed like a single run)
             want = state.current
         elif not state.running and state.finished is not None:
             want = "golden-path" if "golden-path" in state.probes else state.order[0]
