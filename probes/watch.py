@@ -430,8 +430,9 @@ def _cell(probe: ProbeModel) -> tuple[str, str | None, str | None, str]:
     """pass / degraded / fail / skip, the stage that says why, the first diagnosis code, and for a slow stage
     its figures ('agent 1503 ms, over 1000 ms')."""
     code = str(probe.diagnoses[0].get("code")) if probe.diagnoses else None
-    if probe.status == "error" and probe.failed is None and probe.current_stage is not None:
-        return "skip", None, None, ""  # interrupted mid-stage (Ctrl-C, a rerun): it did not fail, it was stopped
+    stopped = probe.failed is not None and probe.failed.status == "error" and probe.failed.detail == "interrupted"
+    if probe.status == "error" and ((probe.failed is None and probe.current_stage is not None) or stopped):
+        return "skip", None, None, ""  # interrupted mid-stage (Ctrl-C, a rerun, q): it did not fail, it was stopped
     if probe.status in ("fail", "error"):
         failed = probe.failed
         return "fail", failed.name if failed else probe.failed_stage, code, ""

@@ -287,3 +287,20 @@ def test_a_probe_interrupted_mid_stage_is_not_a_failure():
     model.apply(ProbeFinished(10.5, "gp", "error", 500.0, "health", 0, 0))  # cancelled: no StageFinished
     model.apply(RunFinished(10.5, "interrupted", 500.0))
     assert model.history.state("gp") == "UP" and model.history.current.probes["gp"].cell == "skip"
+
+
+def test_a_probe_stopped_mid_stage_is_not_a_failed_check():
+    """q or Ctrl-C during a round: the stage ends 'interrupted' (error); the history cell says not run, not fail."""
+    from probes.events import ProbeFinished, ProbeStarted, StageFinished, StageStarted
+    from probes.model import ProbeModel
+    from probes.watch import _cell
+
+    probe = ProbeModel("reconnect", "reconnect", 3)
+    for e in (ProbeStarted(0.0, "reconnect", "reconnect", 3, ("connect", "close")),
+              StageStarted(0.0, "reconnect", "connect", "connect", 5.0),
+              StageFinished(0.1, "reconnect", "connect", "pass", 10.0, "101"),
+              StageStarted(0.1, "reconnect", "close", "close", 5.0),
+              StageFinished(0.2, "reconnect", "close", "error", 10.0, "interrupted"),
+              ProbeFinished(0.2, "reconnect", "error", 200.0, "close", 0, 0)):
+        probe.apply(e)
+    assert _cell(probe)[0] == "skip"
