@@ -573,7 +573,7 @@ class StagewatchApp(App[int]):
         elif probe is None or probe.status in ("queued", "running"):
             frames.empty_text = "no frames yet"
         else:
-            frames.empty_text = "no frames: this probe exchanged no WebSocket messages"
+            frames.empty_text = "no WebSocket frames exchanged"  # (whole in a 40-column pane)
         moved = frames.sync()
         if moved and probe is not None and probe.status == "running":
             now = time.monotonic()
