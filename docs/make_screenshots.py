@@ -97,41 +97,31 @@ async def shoot_console(filename: str = "screenshot-console.svg") -> None:
     print(DOCS / filename)
 
 
-async def shoot_stage(filename: str = "screenshot-stage.svg") -> None:
-    """strip-auth, the Stages pane picked with `s`: the connect stage's whole evidence in the Frame pane."""
+async def shoot_keys(filename: str, options: RunOptions, size: tuple[int, int], *keys: str) -> None:
+    """The live app against the sandbox: once the run has finished, press `keys`, then the picture."""
     config = load_config(None)
-    app = StagewatchApp(config, resolve_target(config, "sandbox"), RunOptions(fault="strip-auth",
-                                                                              only=("golden-path",)), None)
-    async with app.run_test(size=(120, 35)) as pilot:
-        await run_finished(app, pilot, "the strip-auth run did not finish", 30)
-        await pilot.press("s")
+    app = StagewatchApp(config, resolve_target(config, "sandbox"), options, None)
+    async with app.run_test(size=size) as pilot:
+        await run_finished(app, pilot, f"the run for {filename} did not finish", 30)
+        await pilot.press(*keys)
         await pilot.pause(0.5)
         app.save_screenshot(filename, path=str(DOCS))
     print(DOCS / filename)
+
+
+async def shoot_stage(filename: str = "screenshot-stage.svg") -> None:
+    """strip-auth at 120×35, the Stages pane picked with `s`: the connect stage's whole evidence in the Frame pane."""
+    await shoot_keys(filename, RunOptions(fault="strip-auth", only=("golden-path",)), (120, 35), "s")
 
 
 async def shoot_waterfall(filename: str = "screenshot-waterfall.svg") -> None:
     """A healthy golden path, `v`: its stages on one time axis, connect split into DNS / TCP / upgrade."""
-    config = load_config(None)
-    app = StagewatchApp(config, resolve_target(config, "sandbox"), RunOptions(only=("golden-path",)), None)
-    async with app.run_test(size=SIZE) as pilot:
-        await run_finished(app, pilot, "the run did not finish", 30)
-        await pilot.press("v")
-        await pilot.pause(0.5)
-        app.save_screenshot(filename, path=str(DOCS))
-    print(DOCS / filename)
+    await shoot_keys(filename, RunOptions(only=("golden-path",)), SIZE, "v")
 
 
 async def shoot_small(filename: str = "screenshot-80x24.svg") -> None:
-    """closed-before-ready at 80×24: the compact queue with the diagnosis codes, tab to the Diagnosis pane."""
-    config = load_config(None)
-    app = StagewatchApp(config, resolve_target(config, "sandbox"), RunOptions(fault="closed-before-ready"), None)
-    async with app.run_test(size=(80, 24)) as pilot:
-        await run_finished(app, pilot, "the closed-before-ready run did not finish", 30)
-        await pilot.press("shift+tab")  # from the queue, backwards: the Diagnosis pane
-        await pilot.pause(0.5)
-        app.save_screenshot(filename, path=str(DOCS))
-    print(DOCS / filename)
+    """closed-before-ready at 80×24: the compact queue with the diagnosis codes, shift+tab to the Diagnosis pane."""
+    await shoot_keys(filename, RunOptions(fault="closed-before-ready"), (80, 24), "shift+tab")
 
 
 HOLD = """
