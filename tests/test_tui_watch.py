@@ -536,3 +536,15 @@ def test_snapshot_watch_view(snap_compare, tui_config, deploy_events):  # noqa: 
 def test_snapshot_module_has_no_stray_time_dependence(deploy_events):
     walls = sorted({e.wall for e in deploy_events if isinstance(e, RunStarted)})
     assert walls == [WALL0 + ROUND_S * k for k in range(5)]
+
+
+async def test_a_watch_at_80x24_keeps_state_strip_and_the_diagnosis_code(tui_config, deploy_events):  # noqa: F811
+    """The compact watch queue: glyph, probe, the state in four letters, the strip, and the code whole."""
+    ends = [i for i, e in enumerate(deploy_events) if isinstance(e, RunFinished)]
+    four = deploy_events[: ends[2] + 1]  # rounds 1-3: golden-path DOWN in the last, closed before ready
+    app = StagewatchApp(tui_config, events=four, now=lambda: WALL0 + ROUND_S * 2 + 8.0, watch=10.0)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        text = screen_text(app)
+        row = next(line for line in text.splitlines() if "golden-path " in line and "Stages" not in line)
+        assert re.search(r"golden-path +(DOWN|PEND|UP) +[✓✗~·]+ +closed-before-ready", row), row

@@ -26,6 +26,9 @@ COLUMNS = (("", "glyph", 1), ("P", "prio", 2), ("probe", "probe", 10), ("time", 
            ("last result", "result", 0))
 # A narrow queue (80 columns): the glyph, the probe and what it came to (the diagnosis code when it failed).
 COMPACT_COLUMNS = (("", "glyph", 2), ("probe", "probe", 10), ("result", "result", 0))  # no cell padding: 4 more
+COMPACT_WATCH = (("", "glyph", 2), ("probe", "probe", 10), ("state", "state", 5), ("history", "history", 0),
+                 ("result", "result", 0))  # a watch at 80 columns: the state as 4 letters, a short strip
+COMPACT_WATCH_BELOW = 60
 COMPACT_BELOW = 48  # the queue's inner width under which it goes compact (80 columns; 120 keeps P and time)
 # While watching: the strip's width comes from the room (0 here); the result column takes the rest.
 WATCH_COLUMNS = (("", "glyph", 1), ("probe", "probe", 10), ("state", "state", 8), ("history", "history", 0),
@@ -78,16 +81,18 @@ class QueuePane(DataTable[Text]):
 
     @property
     def spec(self) -> tuple[tuple[str, str, int], ...]:
-        return WATCH_COLUMNS if self.watching else COMPACT_COLUMNS if self.compact else COLUMNS
+        if self.watching:
+            return COMPACT_WATCH if self.compact else WATCH_COLUMNS
+        return COMPACT_COLUMNS if self.compact else COLUMNS
 
     def _build_columns(self, probe_width: int) -> None:
         """Fixed column widths: measuring every cell on every update would cost a full layout per tick."""
         self.clear(columns=True)
         room, strip = self._room(probe_width)
         for label, key, width in self.spec:
-            gap = 1 if self.compact and key == "probe" else 0  # compact: a space after the id, none elsewhere
-            self.add_column(label, key=key, width={"probe": probe_width + gap, "history": strip, "result": room}.get(
-                key, width))
+            gap = 1 if self.compact and key in ("probe", "history") else 0  # compact: the columns' own space
+            self.add_column(label, key=key, width={"probe": probe_width + gap, "history": strip + gap,
+                                                   "result": room}.get(key, width))
         self._widths = (probe_width, room, strip)
         self._lane = ""
         self._order = []
@@ -127,6 +132,9 @@ class QueuePane(DataTable[Text]):
         }
         if self.watching:
             cells["state"] = state_text(self.app, state.history.state(probe.id))
+            if self.compact:  # UP, DOWN, PEND, DEGR
+                cells["state"].truncate(4)
+                cells["state"].append(" ")
             cells["history"] = strip_text(self.app, state.history, probe.id, self.rounds, self.selected_round)
         return [cells[key] for _label, key, _w in self.spec]
 
@@ -136,7 +144,7 @@ class QueuePane(DataTable[Text]):
         selected = self.probe_at_cursor()  # a rebuild (new width, new probes) keeps the selected probe selected
         keep = self.cursor_row
         inner = self.scrollable_content_region.width
-        compact = not self.watching and 0 < inner < COMPACT_BELOW
+        compact = 0 < inner < (COMPACT_WATCH_BELOW if self.watching else COMPACT_BELOW)
         if compact != self.compact:
             self.compact = compact
             self.cell_padding = 0 if compact else 1  # the columns keep their own space (below)
@@ -205,8 +213,9 @@ class QueuePane(DataTable[Text]):
         room = width - used - 2 * self.cell_padding - 1
         strip = 0
         if self.watching:
-            strip = max(STRIP_MIN, min(STRIP_MAX, room - RESULT_KEEP - 2 * self.cell_padding))
-            room -= strip + 2 * self.cell_padding
+            least = STRIP_MIN - 1 if self.compact else STRIP_MIN  # (80 columns: the diagnosis code keeps 19)
+            strip = max(least, min(STRIP_MAX, room - RESULT_KEEP - 2 * self.cell_padding))
+            room -= strip + 2 * self.cell_padding + (1 if self.compact else 0)
         return max(room, 6), strip
 
     def select_probe(self, probe_id: str | None) -> None:
