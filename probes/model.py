@@ -332,7 +332,11 @@ class RunModel:
         return [self.probes[i] for i in self.order if i in self.probes]
 
     def counts(self) -> dict[str, int]:
-        out = {"queued": 0, "running": 0, "pass": 0, "fail": 0, "error": 0, "skip": 0}
+        """Probes by status; one stopped mid-stage (q, Ctrl-C, a rerun) is `stopped`, not a failure."""
+        out = {"queued": 0, "running": 0, "pass": 0, "fail": 0, "error": 0, "skip": 0, "stopped": 0}
         for probe in self.probes.values():
-            out[probe.status] = out.get(probe.status, 0) + 1
+            failed = probe.failed
+            stopped = probe.status == "error" and failed is not None and failed.detail == "interrupted"
+            key = "stopped" if stopped else probe.status
+            out[key] = out.get(key, 0) + 1
         return out

@@ -304,3 +304,17 @@ def test_a_probe_stopped_mid_stage_is_not_a_failed_check():
               ProbeFinished(0.2, "reconnect", "error", 200.0, "close", 0, 0)):
         probe.apply(e)
     assert _cell(probe)[0] == "skip"
+
+
+def test_the_header_counts_a_stopped_probe_as_stopped_not_failed():
+    from probes.events import ProbeFinished, ProbeStarted, RunStarted, StageFinished, StageStarted
+    from probes.model import RunModel
+
+    model = RunModel()
+    for e in (RunStarted(0.0, "t", "http://x", (("a", "a", 0),), 1.0), ProbeStarted(0.0, "a", "a", 0, ("agent",)),
+              StageStarted(0.0, "a", "agent", "expect_events", 5.0),
+              StageFinished(0.2, "a", "agent", "error", 10.0, "interrupted"),
+              ProbeFinished(0.2, "a", "error", 200.0, "agent", 0, 0)):
+        model.apply(e)
+    counts = model.counts()
+    assert counts["stopped"] == 1 and counts["error"] == 0 and counts["fail"] == 0

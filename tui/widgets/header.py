@@ -122,7 +122,7 @@ class HeaderBar(Static):
         bottom.append(f"✔ {c['pass']} passed", style=ok)
         failed = c["fail"] + c["error"]
         bottom.append(f"  ✘ {failed} failed", style=f"bold {bad}" if failed else "dim")
-        for key, word in (("running", "running"), ("queued", "queued"), ("skip", "skipped")):
+        for key, word in (("running", "running"), ("queued", "queued"), ("skip", "skipped"), ("stopped", "stopped")):
             if c[key]:
                 bottom.append(f"  {c[key]} {word}", style="dim")
         bottom.append(*sep)
