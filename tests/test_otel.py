@@ -379,3 +379,37 @@ def test_outside_text_in_attributes_and_status_is_made_visible():
     texts += [str(v) for s in spans for ev in s.events for v in ev.attributes.values()]
     assert any("agent crashed\\x1b[2J" in t for t in texts), texts
     assert not any(c in t for t in texts for c in "\x1b\x07\x9b\u202e"), texts
+
+
+async def test_each_held_sessions_upgrade_carries_the_hold_stages_traceparent():
+    from probes.config import parse_config
+
+    config = parse_config("""
+default_target: sandbox
+targets:
+  sandbox: {base_url: sandbox}
+probes:
+  - id: held
+    name: three sessions held
+    priority: 1
+    steps: [{step: hold, name: hold, sessions: 3, for: 300ms, heartbeat: 100ms}]
+""", "hold.yaml")
+    sandbox = Sandbox(SandboxOptions())
+    seen: list[str | None] = []
+    answer = sandbox._process_request
+
+    def process_request(conn: Any, request: Any) -> Any:
+        if request.path.startswith("/ws"):
+            seen.append(request.headers.get("traceparent"))
+        return answer(conn, request)
+
+    sandbox._process_request = process_request  # type: ignore[method-assign]
+    await sandbox.start()
+    try:
+        listener, events = await _traced_run(config, "none", ("held",), InMemorySpanExporter(), sandbox=sandbox)
+    finally:
+        await sandbox.stop()
+    listener.close()
+    started = next(e for e in events if isinstance(e, ProbeStarted))
+    hold = next(e for e in events if isinstance(e, StageStarted) and e.stage == "hold")
+    assert len(seen) >= 3 and {parse_traceparent(v or "") for v in seen} == {(started.trace_id, hold.span_id)}
