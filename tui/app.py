@@ -227,6 +227,7 @@ class StagewatchApp(App[int]):
         """frame, stage or waterfall; a stage's evidence or the waterfall take the wider half of the middle row."""
         self._detail = mode
         self.screen.set_class(mode != "frame", "-wide-detail")
+        self.screen.set_class(mode != "frame" and self.size.height >= 30, "-tall-detail")  # (24 rows: no room)
 
     def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
         """Textual's own commands, less those the app's provider names as the footer does (Quit, Help, Max)."""
@@ -537,7 +538,7 @@ class StagewatchApp(App[int]):
             return
         height = box.scrollable_content_region.height
         if not box.scroll_y <= line < box.scroll_y + height - 1:
-            box.scroll_to(y=max(0, line - 1), animate=False)
+            box.scroll_to(y=line, animate=False)  # the row whole at the top
 
     def _round_words(self) -> str:
         """' · round 12 at 14:03:12' while a past round is picked."""

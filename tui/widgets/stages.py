@@ -94,9 +94,9 @@ class StagePane(Static, can_focus=True):
         height = box.scrollable_content_region.height
         if box.scroll_y <= line < box.scroll_y + height - 1:
             self._reveal_pending = False
-        elif line - 1 <= box.max_scroll_y:
-            box.scroll_to(y=max(0, line - 1), animate=False)
-            self._reveal_pending = False
+        else:
+            box.scroll_to(y=min(line, box.max_scroll_y), animate=False)  # the row whole at the top, no fragment
+            self._reveal_pending = line > box.max_scroll_y  # (not laid out that far yet: again at the next resize)
 
     def enter(self) -> None:
         """Focus the stages (`s`, a click, or tab on its way round the panes)."""
