@@ -45,8 +45,8 @@ def select_probes(config: Config, options: RunOptions) -> list[ProbeDef]:
     if options.holds != "with":  # a watch: its rounds run without the held sessions, which run beside them
         holding = options.holds == "only"
         probes = [p for p in probes if any(s.step == "hold" for s in p.steps) == holding]
-    if options.only:
-        known = {p.id for p in probes if p.kind == "probe"}
+    if options.only:  # (known in the whole config: a watch's held probes and its rounds share one --only)
+        known = {p.id for p in config.probes if p.kind == "probe"}
         unknown = [i for i in options.only if i not in known]
         suites = [p for p in probes if p.kind == "pytest"]
         if unknown and not suites:

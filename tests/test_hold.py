@@ -198,3 +198,26 @@ async def test_a_hostile_close_reason_is_text_in_the_sessions_view():
         await pilot.pause()
         text = screen_text(app)  # type: ignore[arg-type]
     assert "[red]boom[/red]" in text and "\\x1b[2J" in text
+
+
+def test_only_may_name_a_held_probe_or_a_round_probe_in_a_watch():
+    """--only in a watch filters both the rounds and the held sessions beside them: a name from either is known."""
+    import dataclasses
+
+    from probes.config import parse_config
+    from probes.runner import RunOptions, select_probes
+
+    config = parse_config("""
+default_target: sandbox
+targets:
+  sandbox: {base_url: sandbox}
+probes:
+  - {id: golden-path, name: g, priority: 1, steps: [{step: http, name: health}]}
+  - {id: held, name: h, priority: 1, steps: [{step: hold, name: hold, sessions: 2, for: 1s}]}
+""", "cfg.yaml")
+    for only, rounds, holds in ((("held",), [], ["held"]), (("golden-path",), ["golden-path"], [])):
+        options = RunOptions(only=only)
+        assert [p.id for p in select_probes(config, dataclasses.replace(options, holds="without"))] == rounds
+        assert [p.id for p in select_probes(config, dataclasses.replace(options, holds="only"))] == holds
+    with pytest.raises(ValueError, match="no probe named 'nope'"):
+        select_probes(config, RunOptions(only=("nope",), holds="without"))
