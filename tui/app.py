@@ -422,7 +422,7 @@ class StagewatchApp(App[int]):
             return
         if state.first_failure is not None:
             want = state.first_failure
-        elif state.current is not None and (not self.watch_view or state.history.total_rounds == 0):
+        elif state.current is not None and (not self.watch_view or state.history.total_rounds <= 1):
             # (a watch does not hop probe to probe each round; its first round is followed like a single run)
             want = state.current
         elif not state.running and state.finished is not None:
