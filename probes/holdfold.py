@@ -190,4 +190,5 @@ def end_words(code: int | None, reason: str, by: str) -> str:
     if code is None or code == 1006:
         return "1006 dropped (no close frame)"
     who = {"server": "by the server", "client": "by us", "none": ""}.get(by, by)
-    return f"{code} {describe(code).name}" + (f" {reason!r}" if reason else "") + (f" {who}" if who else "")
+    # (quoted, not repr(): the reason is made visible once, at the boundary that shows it — repr would double it)
+    return f"{code} {describe(code).name}" + (f" '{reason}'" if reason else "") + (f" {who}" if who else "")
