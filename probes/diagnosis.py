@@ -608,6 +608,9 @@ RULES: tuple[RuleRow, ...] = (
             "pods killed without draining",
             "drain WebSockets before stopping pods (preStop hook, terminationGracePeriod) and check the proxy's "
             "reload/reset at that moment"),
+    RuleRow("held-server-error", _held(holdrules.server_errors),
+            "the server ended held sessions with an error close (1011 and the like): it failed on them",
+            "look at the backend's logs at those times for the error behind each close; the reason is above"),
     RuleRow("idle-timeout", _held(holdrules.idle_timeout),
             "sessions ended at a fixed age: a proxy or load balancer timer, not the deploy",
             "raise the proxy's idle/read timeout or send pings more often than it; the age above names the timer"),

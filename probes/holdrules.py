@@ -1,6 +1,7 @@
 """Diagnosis of a hold (held sessions through a rollout): each rule reads the hold's fold (probes/holdfold.py)
 and returns its evidence lines when the pattern is there. They sit in `probes.diagnosis.RULES` beside the
-others, most specific first: reconnect-failing, stall, dropped-without-close, idle-timeout, drained-by-deploy.
+others, most specific first: reconnect-failing, stall, dropped-without-close, held-server-error, idle-timeout,
+drained-by-deploy.
 """
 
 from __future__ import annotations
@@ -85,10 +86,30 @@ def _fixed_age(ends: list[SessionChanged]) -> float | None:
     return None
 
 
+SERVER_ERROR_CODES = frozenset({1011, 1014})  # the server failed (an internal error, a bad gateway)
+
+
+def server_errors(fold: HoldFold | None) -> list[str] | None:
+    """Held sessions the server ended with an error code: it failed, whatever the timing looks like."""
+    if fold is None:
+        return None
+    ends = _far(fold)
+    failed = [e for e in ends if e.code in SERVER_ERROR_CODES or (e.code is not None and 4000 <= e.code <= 4999
+                                                                    and e.by == "server")]
+    if not failed or len(failed) * 2 < len(ends):
+        return None
+    e = failed[-1]
+    codes = ", ".join(f"{end_words(c, '', '')} ×{n}" for c, n in fold.by_code.most_common(2))
+    return [f"{len(failed)} of {len(ends)} session ends were the server's error closes", f"how: {codes}",
+            f"last: {end_words(e.code, e.reason, e.by)} at {_clock(e.at)}"]
+
+
 def idle_timeout(fold: HoldFold | None) -> list[str] | None:
     if fold is None:
         return None
     ends = _far(fold)
+    if server_errors(fold) is not None:
+        return None  # the server failing on each session is not a proxy's timer, however regular
     restarts = sum(1 for e in ends if e.code == 1012)
     if restarts * 2 >= len(ends):
         return None  # 1012 says a restart: sessions opened together and drained in order share an age too

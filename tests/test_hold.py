@@ -221,3 +221,21 @@ probes:
         assert [p.id for p in select_probes(config, dataclasses.replace(options, holds="only"))] == holds
     with pytest.raises(ValueError, match="no probe named 'nope'"):
         select_probes(config, RunOptions(only=("nope",), holds="without"))
+
+
+def test_sessions_the_server_ends_with_1011_are_its_error_not_a_proxy_timer():
+    """Each message makes the server close 1011: the ends share an age, but the diagnosis is the server's error."""
+    from probes import holdrules
+    from probes.holdfold import HoldFold
+
+    fold = HoldFold()
+    for n in range(1, 4):
+        fold.apply(SessionChanged(0.0, "held", n, "opened", 1700000000.0 + n))
+        fold.apply(SessionChanged(2.0, "held", n, "ended", 1700000002.0 + n, 1011, "Internal Error", "agent crashed",
+                                  "server", 2.0))
+        fold.apply(SessionChanged(2.1, "held", n, "reopened", 1700000002.1 + n, reconnect_ms=100.0))
+        fold.apply(SessionChanged(4.1, "held", n, "ended", 1700000004.1 + n, 1011, "Internal Error", "agent crashed",
+                                  "server", 2.0))
+    lines = holdrules.server_errors(fold)
+    assert lines is not None and "1011 Internal Error ×6" in lines[1]
+    assert holdrules.idle_timeout(fold) is None
