@@ -89,6 +89,11 @@ def _stage_frames(probe: ProbeModel, stage: StageModel, frames: Iterable[Frame] 
     before = order[order.index(stage) - 1] if stage in order and order.index(stage) > 0 else None
     low = _stage_end(before, now_t) if before is not None and before.step != "connect" else None
     mine = [f for f in every if (low is None or f.t > low) and (end is None or f.t <= end)]
+    wanted = getattr(stage.evidence, "frame_type", None)
+    if not mine and wanted and stage.status == "pass":  # it read a frame that came earlier (the response in the
+        matched = [f for f in every if f.direction == "in" and (end is None or f.t <= end)  # agent's last event)
+                   and classify(f.data).type == wanted]
+        mine = matched[-1:]
     return mine, stage.started_t
 
 

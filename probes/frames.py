@@ -131,7 +131,15 @@ def classify(data: str | bytes, type_field: str = "type") -> FrameInfo:
             else:
                 summary = _brief(value)
             return FrameInfo("json", t, _one_line(summary), value)
+    if len(data) > _PARSE_LIMIT:  # too big to parse on the display path: its type from its first bytes, if stated
+        found = _HEAD_TYPE.match(data[:512]) if type_field == "type" else None
+        if found is not None:
+            t = found.group(1)
+            return FrameInfo("json", t, _one_line(f"{t} ({len(data):,} characters, not parsed)"))
     return FrameInfo("text", None, _one_line(data))
+
+
+_HEAD_TYPE = re.compile(r'\s*\{\s*"type"\s*:\s*"([A-Za-z0-9_.:-]{1,64})"')
 
 
 def pretty(data: str | bytes, limit: int = 64 * 1024) -> str:

@@ -152,3 +152,14 @@ def test_parse_json_reads_what_json_loads_reads(text: str) -> None:
     if not isinstance(expected, (dict, list)):
         expected = None
     assert _same(parse_json(text), expected)
+
+
+def test_a_frame_too_big_to_parse_still_has_its_type():
+    """An 888 KiB agent_thinking: not parsed on the display path, but `type:agent_thinking` still finds it."""
+    import json
+
+    from probes.frames import classify
+
+    info = classify(json.dumps({"type": "agent_thinking", "pad": "x" * 900_000}))
+    assert info.type == "agent_thinking" and info.kind == "json" and info.value is None
+    assert classify("x" * 300_000).type is None

@@ -441,7 +441,7 @@ class FrameDetail(VerticalScroll):
         if frame.truncated:
             head += f" · truncated: kept {len(frame.data):,} of {frame.size:,} B"
         self.text = visible(pretty(frame.data))  # a frame must not drive the terminal
-        shown = highlight(self.text, language="json") if info.kind == "json" else Content(self.text)
+        shown = highlight(self.text, language="json") if info.kind == "json" and info.value is not None else Content(self.text)
         content = Content.assemble(Content.styled(head, "bold $text-accent"), "\n\n", shown)
         lines = len(content.wrap(max(10, body.size.width or 60)))
         body.update(content, layout=lines != self._lines)  # same height: no layout pass (frames flood in)
