@@ -260,12 +260,14 @@ class _Collector:
             self.wall0 = self.report.wall0 = event.wall
 
 
-_TIMING = re.compile(r"\d+(?:\.\d+)?(?= ?(?:ms|s|µs)\b)")
+# What varies from run to run in one failure's words: times ("53 ms"), counts ("144 pings", "3 of 5 sessions",
+# "×6"); not codes and statuses, which are followed by their name ("1011 Internal Error", "HTTP 403 Forbidden").
+_TIMING = re.compile(r"\d+(?:[.,]\d+)*(?= ?(?:ms|s|µs|%|B|KB|MB)\b)|\d+(?:[.,]\d+)*(?= [a-z])|(?<=×)\d+")
 
 
 class StageFailure(Exception):
-    """A stage that failed, as Locust's failure: the probe's diagnosis code, then the stage's detail (timings
-    replaced by N, so the same failure groups into one row)."""
+    """A stage that failed, as Locust's failure: the probe's diagnosis code, then the stage's detail (times and
+    counts replaced by N, so the same failure groups into one row)."""
 
 
 def failure_message(stage: StageReport, diagnoses: list[str]) -> str:
