@@ -331,3 +331,12 @@ def test_the_standalone_sandbox_serves_them(tmp_path, args):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_the_fault_words_say_the_knobs_the_sandbox_was_given():
+    from probes.sandbox import SandboxOptions
+
+    words = SandboxOptions(fault="rolling-restart", rolling_at=8.0, drain_s=3.0, refuse_s=0.5).fault_words()
+    assert words.startswith("8 s after start") and "over 3 s" in words and "0.5 s after that window" in words
+    idle = SandboxOptions(fault="idle-timeout", idle_after_s=45.0, idle_close_code=1001).fault_words()
+    assert "45 s after its accept" in idle and "close frame 1001" in idle

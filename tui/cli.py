@@ -19,7 +19,7 @@ from probes.config import SANDBOX, Config, ResolvedTarget
 from probes.headless import HeadlessRequest, run_headless
 from probes.options import RunOptions
 from probes.net import is_loopback
-from probes.sandbox import FAULTS, DeployStep, parse_deploy
+from probes.sandbox import DeployStep, parse_deploy
 from probes.sanitize import one_line
 from probes.telemetry import Telemetry
 from tui.cli_common import (DURATION, record_path_for, FAULT_CHOICE, check_credentials, fail, load, pick_target, prepare,
@@ -279,7 +279,7 @@ def sandbox(host: str, port: int, fault: str, flood_count: int | None, delay: fl
         try:
             write_handoff(sb.port, opts.secret, sb.release_build)
             click.echo(f"stagewatch sandbox on {sb.base_url} (ws {sb.base_url.replace('http', 'ws')}"
-                       f"{opts.ws_path}) · fault: {fault} — {FAULTS[fault]}")
+                       f"{opts.ws_path}) · fault: {fault} — {opts.fault_words()}")
             if opts.deploy:
                 click.echo(f"health reports build {sb.build}; deploy of {len(opts.deploy)} steps playing (no "
                            "release build: runs expect one only with --expect-version)")

@@ -98,6 +98,21 @@ class SandboxOptions:
     idle_after_s: float = 3.0  # every session ends at this age (since its accept), whatever its traffic
     idle_close_code: int | None = None  # None: TCP dropped, no close frame (1006); else a close frame with it
 
+    def fault_words(self) -> str:
+        """What the fault does, with this sandbox's own knobs (the FAULTS text states the defaults)."""
+        if self.fault == "rolling-restart":
+            dropped = f"every {self.drop_every}th dropped with no close frame (1006), " if self.drop_every else ""
+            return (f"{self.rolling_at:g} s after start, a rolling restart: from then on every request answers 503; "
+                    f"the open sessions are closed one by one in open order over {self.drain_s:g} s, {dropped}the rest "
+                    f"{self.drain_code} '{DRAIN_REASONS[self.drain_code]}'; {self.refuse_s:g} s after that window a "
+                    "new build answers" + (f", again every {self.rolling_every:g} s" if self.rolling_every else ""))
+        if self.fault == "idle-timeout":
+            how = (f"a close frame {self.idle_close_code} '{IDLE_REASON}'" if self.idle_close_code is not None
+                   else "TCP dropped with no close frame (1006)")
+            return (f"every session ends {self.idle_after_s:g} s after its accept whatever its traffic (pings "
+                    f"included), {how}: a proxy's max connection age")
+        return FAULTS[self.fault]
+
     def __post_init__(self) -> None:
         if self.fault not in FAULTS:
             raise ValueError(f"unknown fault {self.fault!r} (faults: {', '.join(FAULTS)})")
