@@ -232,7 +232,7 @@ def waterfall_lines(probe: ProbeModel, width: int = 40, now_t: float | None = No
     t0 = min(s for _, s, _, _ in spans)
     total = max(max(e for _, _, e, _ in spans) - t0, 1e-6)
     name_w = max(8, max(len(n) for n, _, _, _ in spans))
-    lines = [f"{'':<{name_w}}  0{'':<{width - 8}}{total * 1000:>6.0f} ms"]
+    lines = [f"{'':<{name_w}}  0{'':<{max(0, width - 8)}}{total * 1000:>6.0f} ms"]
 
     def bar(label: str, start: float, end: float, mark: str) -> str:
         left = min(width - 1, int((start - t0) / total * width))

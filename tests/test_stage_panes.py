@@ -84,3 +84,18 @@ async def test_v_shows_a_healthy_runs_waterfall_with_the_connect_split(tui_confi
         assert events.count("|") >= 3  # the agent's events as ticks where they came (close ones may share one)
         await pilot.press("v")
         await wait_until(pilot, lambda: "upgrade " not in detail_text(app))
+
+
+def test_the_waterfall_draws_in_any_width():
+    """A narrow Frame pane (80 columns, a scrollbar) gives the bars little room: never an error, every bar drawn."""
+    from probes.events import ProbeStarted, StageFinished, StageStarted
+    from probes.evidence_view import waterfall_lines
+    from probes.model import ProbeModel
+
+    probe = ProbeModel("g", "g", 1)
+    for e in (ProbeStarted(0.0, "g", "g", 1, ("health",)), StageStarted(0.0, "g", "health", "http", 5.0),
+              StageFinished(0.01, "g", "health", "pass", 10.0, "")):
+        probe.apply(e)
+    for width in (1, 4, 8, 40):
+        lines = waterfall_lines(probe, width)
+        assert lines[1].startswith("health") and "█" in lines[1] and "10.0 ms" in lines[1]

@@ -612,7 +612,7 @@ class StagewatchApp(App[int]):
             selected = frames.selected()
             if selected is None:  # nothing to show of a frame: the probe's waterfall
                 shown, _words = self._shown_model()
-                detail.set_waterfall(waterfall_lines(shown, max(20, detail.size.width - 30), self.session_t())
+                detail.set_waterfall(waterfall_lines(shown, max(10, detail.size.width - 34), self.session_t())
                                      if shown else [])
             detail.show(selected)
         return moved
@@ -650,7 +650,7 @@ class StagewatchApp(App[int]):
         probe, _words = self._shown_model()
         detail = self.query_one("#detail", FrameDetail)
         buf = self.state.frames.get(probe.id) if probe else None  # the app keeps frames in its buffers
-        lines = waterfall_lines(probe, max(20, detail.size.width - 30), self.session_t(),
+        lines = waterfall_lines(probe, max(10, detail.size.width - 34), self.session_t(),  # (a scrollbar: 2)
                                 buf.items[-2000:] if buf else None) if probe else []
         title = f"Waterfall · {probe.id}" if probe else "Waterfall"
         detail.show_lines(title, ["each stage on one time axis (█ passed, ▓ failed, ▒ running, ▪ connect's split)"]
