@@ -121,7 +121,9 @@ def stage_lines(probe: ProbeModel, stage: StageModel, now: float | None = None,
     now = time.time() if now is None else now
     took = "" if stage.duration_ms is None else f" in {stage.duration_ms:.1f} ms"
     limit = f" (limit {stage.limit_s:g} s)" if stage.limit_s else ""
-    lines = [f"{stage.name} ({stage.step or '?'}): {stage.status}{took}{limit}"]
+    kind_words = f" ({stage.step})" if stage.step else ""  # (a stage not started yet: its kind is not known)
+    lines = [f"{stage.name}{kind_words}: {stage.status}{took}{limit}"
+             + (" — not started yet" if stage.status == "queued" else "")]
     if stage.detail:
         lines.append(f"  {stage.detail}")
     record = stage.evidence.to_record() if stage.evidence is not None else {}
