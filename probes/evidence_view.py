@@ -91,9 +91,10 @@ def _stage_frames(probe: ProbeModel, stage: StageModel, frames: Iterable[Frame] 
     mine = [f for f in every if (low is None or f.t > low) and (end is None or f.t <= end)]
     wanted = getattr(stage.evidence, "frame_type", None)
     if not mine and wanted and stage.status == "pass":  # it read a frame that came earlier (the response in the
-        matched = [f for f in every if f.direction == "in" and (end is None or f.t <= end)  # agent's last event)
-                   and classify(f.data).type == wanted]
-        mine = matched[-1:]
+        for f in reversed(every):  # agent's last event): the newest of its type, looked for from the end only
+            if f.direction == "in" and (end is None or f.t <= end) and classify(f.data).type == wanted:
+                mine = [f]
+                break
     return mine, stage.started_t
 
 
