@@ -612,8 +612,7 @@ class StagewatchApp(App[int]):
             selected = frames.selected()
             if selected is None:  # nothing to show of a frame: the probe's waterfall
                 shown, _words = self._shown_model()
-                detail.set_waterfall(waterfall_lines(shown, max(10, detail.size.width - 34), self.session_t())
-                                     if shown else [])
+                detail.set_waterfall(self._waterfall_lines(shown) if shown else [])
             detail.show(selected)
         return moved
 
@@ -649,13 +648,17 @@ class StagewatchApp(App[int]):
     def _show_waterfall(self) -> None:
         probe, _words = self._shown_model()
         detail = self.query_one("#detail", FrameDetail)
-        buf = self.state.frames.get(probe.id) if probe else None  # the app keeps frames in its buffers
-        lines = waterfall_lines(probe, max(10, detail.size.width - 34), self.session_t(),  # (a scrollbar: 2)
-                                buf.items[-2000:] if buf else None) if probe else []
+        lines = self._waterfall_lines(probe) if probe else []
         title = f"Waterfall · {probe.id}" if probe else "Waterfall"
         detail.show_lines(title, ["each stage on one time axis (█ passed, ▓ failed, ▒ running, ▪ connect's split)"]
                           + (lines or ["no stage has started yet"]))
-        detail.border_title = title
+        detail.border_title = Content(one_line(title))  # a config's probe id: text, never markup
+
+    def _waterfall_lines(self, probe: ProbeModel) -> list[str]:
+        """waterfall_lines fitted to the Frame pane (a scrollbar: 2), its ticks from the app's frame buffer."""
+        buf = self.state.frames.get(probe.id)  # the model keeps only the last frames
+        return waterfall_lines(probe, max(10, self.query_one("#detail").size.width - 34), self.session_t(),
+                               buf.items[-2000:] if buf else None)
 
     def action_stages(self) -> None:
         self.query_one("#stages", StagePane).enter()
